@@ -1,0 +1,152 @@
+"""Loading run configs: YAML file + ``key.sub=value`` overrides -> a validated RunConfig.
+
+Override values are parsed as YAML scalars or flow lists (``train.steps=20``,
+``model.source=null``, ``data.buckets=[64,128]``); for a list-typed key a bare comma-separated
+value is split (``data.train_files=a.jsonl,b.jsonl``). Keys inside mapping fields are reachable
+too (``model.overrides.vocab_size=512``). Unknown keys and wrong types raise ValueError naming
+the key with the nearest valid key suggested (schema.RunConfig.from_dict does the checking).
+
+YAML floats: PyYAML follows YAML 1.1 and reads ``5e-5`` as a string; the loader here also
+resolves exponent floats without a dot (``5e-5``, ``1e8``) as floats.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import re
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from almol_jax.config.schema import RunConfig, _suggest, config_to_dict
+
+_FLOAT_RE = re.compile(
+    r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+    |\.[0-9_]+(?:[eE][-+][0-9]+)?
+    |[-+]?\.(?:inf|Inf|INF)
+    |\.(?:nan|NaN|NAN))$""",
+    re.X,
+)
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that also reads ``5e-5``-style exponent floats as floats."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    k: [r for r in v if r[0] != "tag:yaml.org,2002:float"]
+    for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_RE, list("-+0123456789."))
+
+
+def parse_yaml(text: str) -> Any:
+    """Parses YAML text with the exponent-float fix."""
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+
+
+def _field_type(path: list[str]) -> Any:
+    """The annotation at a dotted path of RunConfig (None if the path leaves the schema)."""
+    cls: Any = RunConfig
+    for part in path:
+        if not dataclasses.is_dataclass(cls):
+            return None
+        hints = typing.get_type_hints(cls)
+        if part not in hints:
+            return None
+        cls = hints[part]
+    return cls
+
+
+def _is_sequence_type(tp: Any) -> bool:
+    if typing.get_origin(tp) is tuple:
+        return True
+    return any(typing.get_origin(a) is tuple for a in typing.get_args(tp))
+
+
+def _schema_keys(cls: Any = RunConfig, prefix: str = "") -> list[str]:
+    keys = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        keys.append(prefix + f.name)
+        if dataclasses.is_dataclass(hints[f.name]):
+            keys.extend(_schema_keys(hints[f.name], prefix + f.name + "."))
+    return keys
+
+
+def apply_override(raw: dict[str, Any], override: str) -> dict[str, Any]:
+    """Returns a copy of ``raw`` with one ``key.sub=value`` override applied."""
+    if "=" not in override:
+        raise ValueError(f"override {override!r} must look like key.sub=value")
+    key, text = override.split("=", 1)
+    key = key.strip()
+    parts = key.split(".")
+    if not all(parts):
+        raise ValueError(f"override {override!r} has an empty key part")
+    # Check the path against the schema, allowing free keys below a mapping-typed field.
+    cls: Any = RunConfig
+    for i, part in enumerate(parts):
+        if dataclasses.is_dataclass(cls):
+            hints = typing.get_type_hints(cls)
+            if part not in hints:
+                raise ValueError(
+                    f"unknown config key {key!r} in override {override!r}"
+                    + _suggest(key, _schema_keys())
+                )
+            cls = hints[part]
+        elif typing.get_origin(cls) is dict:
+            cls = typing.get_args(cls)[1]
+        else:
+            raise ValueError(
+                f"override {override!r}: {'.'.join(parts[:i])!r} is not a section or mapping"
+            )
+    value = parse_yaml(text) if text.strip() else ""
+    if isinstance(value, str) and "," in value and _is_sequence_type(_field_type(parts)):
+        value = [parse_yaml(v.strip()) for v in value.split(",")]
+    out = copy.deepcopy(raw)
+    node = out
+    for part in parts[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ValueError(f"override {override!r}: {part!r} holds {child!r}, not a mapping")
+        node = child
+    node[parts[-1]] = value
+    return out
+
+
+def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """Reads a YAML config (None = all defaults), applies overrides, type-checks and validates."""
+    raw: Any = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ValueError(f"config file {str(path)!r} does not exist")
+        raw = parse_yaml(path.read_text(encoding="utf-8")) or {}
+        if not isinstance(raw, dict):
+            raise ValueError(
+                f"config file {str(path)!r} must hold a mapping, got {type(raw).__name__}"
+            )
+    for override in overrides:
+        raw = apply_override(raw, override)
+    try:
+        return RunConfig.from_dict(raw)
+    except ValueError as err:
+        where = f" (in {str(path)!r})" if path is not None else ""
+        raise ValueError(f"{err}{where}") from None
+
+
+def dump_config(cfg: RunConfig, path: str | Path) -> None:
+    """Writes the resolved config as YAML; ``load_config(path)`` reads back an equal RunConfig."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(config_to_yaml(cfg), encoding="utf-8")
+
+
+def config_to_yaml(cfg: RunConfig) -> str:
+    """The resolved config as YAML text (sections in declaration order)."""
+    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False, allow_unicode=True, width=100)

@@ -1,0 +1,228 @@
+"""Prefix-shared preference rows: prompt once, then chosen, then rejected, in ONE row (issue 8).
+
+The "indexed" batch layout (docs/DESIGN.md) that prefix sharing and packing produce:
+
+  input_ids       int32[Bt, T]   tokens; a row holds one or more groups (packing)
+  attention_mask  int32[Bt, T]   1 on real tokens
+  positions       int32[Bt, T]   restart at 0 for every group; both responses continue from the
+                                 prompt's end (prompt 0..P-1, chosen P.., rejected P..)
+  segment_ids     int32[Bt, T]   group number in the row (1, 2, ...; padding 0): the model only lets
+                                 a query see keys of its own group
+  role_ids        int32[Bt, T]   ROLE_PROMPT (0), ROLE_CHOSEN (1), ROLE_REJECTED (2); the rule
+                                 "attend if same role or the key is the shared prompt" is the
+                                 mask_BTS built on device by `role_mask_BTS` (so batches stay small)
+  label_ids       int32[Bt, L]   response tokens to score (L: a static bucket)
+  label_src       int32[Bt, L]   index in the row of the hidden state that predicts the label
+                                 (the previous token; the prompt's last token for a response's
+                                 first token, which for the rejected response is NOT the previous
+                                 index in the row)
+  label_role      int32[Bt, L]   ROLE_CHOSEN / ROLE_REJECTED, 0 on label padding
+  label_slot      int32[Bt, L]   pair slot of the label within its row (0..Ps-1)
+  pair_mask       float32[Bt, Ps] 1 where a row's slot holds a real pair
+
+Pair p = row * Ps + slot. Per-pair sums come out as chosen_logps[Bt*Ps], rejected_logps[Bt*Ps]
+(almol_jax.train.chunked_logprobs). With Ps = 1 and one group per row this is the plain
+prefix-shared layout; almol_jax.data.packing fills rows with several groups.
+
+`prefix_share_batch(plain_batch)` converts a plain batch (rows 0..B-1 chosen, B..2B-1 rejected,
+docs/DESIGN.md) on the host; `pack_groups` writes groups (prompt + responses) into rows.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import numpy as np
+
+ROLE_PROMPT, ROLE_CHOSEN, ROLE_REJECTED = 0, 1, 2
+INDEXED_KEYS = (
+    "input_ids",
+    "attention_mask",
+    "positions",
+    "segment_ids",
+    "role_ids",
+    "label_ids",
+    "label_src",
+    "label_role",
+    "label_slot",
+    "pair_mask",
+)
+PREFIX_SHARING_MODES = ("auto", "on", "off")
+PREFERENCE_OBJECTIVES = ("cpo", "dpo", "ipo", "simpo", "hinge")
+
+
+@dataclasses.dataclass(frozen=True)
+class Group:
+    """One prompt and the responses that continue it: [(role, token ids), ...].
+
+    A preference triplet shared in one row is Group(prompt, ((1, chosen), (2, rejected)), slot);
+    without sharing it is two groups (1, chosen) and (2, rejected) with the same slot; an SFT
+    example is one group with (1, response).
+    """
+
+    prompt: Sequence[int]
+    responses: tuple[tuple[int, Sequence[int]], ...]
+    slot: int = 0
+
+    @property
+    def length(self) -> int:
+        return len(self.prompt) + sum(len(r) for _, r in self.responses)
+
+    @property
+    def num_labels(self) -> int:
+        return sum(len(r) for _, r in self.responses)
+
+
+def triplet_group(prompt, chosen, rejected, slot: int = 0) -> Group:
+    """The prefix-shared group of one (prompt, chosen, rejected) triplet of token-id lists."""
+    if len(prompt) < 1:
+        raise ValueError(f"prompt of slot {slot} is empty: the first response token needs one")
+    return Group(
+        tuple(prompt), ((ROLE_CHOSEN, tuple(chosen)), (ROLE_REJECTED, tuple(rejected))), slot
+    )
+
+
+def empty_indexed(rows: int, row_len: int, label_len: int, slots: int, pad_id: int = 0):
+    """An all-padding indexed batch (numpy) of the given static sizes."""
+    z = lambda *s: np.zeros(s, np.int32)  # noqa: E731
+    return {
+        "input_ids": np.full((rows, row_len), pad_id, np.int32),
+        "attention_mask": z(rows, row_len),
+        "positions": z(rows, row_len),
+        "segment_ids": z(rows, row_len),
+        "role_ids": z(rows, row_len),
+        "label_ids": z(rows, label_len),
+        "label_src": z(rows, label_len),
+        "label_role": z(rows, label_len),
+        "label_slot": z(rows, label_len),
+        "pair_mask": np.zeros((rows, slots), np.float32),
+    }
+
+
+def write_group(batch, row: int, offset: int, label_offset: int, segment: int, group: Group):
+    """Writes `group` into `batch` row `row` at token `offset` and label `label_offset`.
+
+    Returns (new offset, new label offset). Raises ValueError naming the sizes if it does not fit.
+    """
+    t_max, l_max = batch["input_ids"].shape[1], batch["label_ids"].shape[1]
+    if offset + group.length > t_max:
+        raise ValueError(
+            f"group of {group.length} tokens does not fit row {row} at {offset=}, {t_max=}"
+        )
+    if label_offset + group.num_labels > l_max:
+        raise ValueError(
+            f"group of {group.num_labels} labels does not fit row {row} at {label_offset=}, {l_max=}"
+        )
+    if not 0 <= group.slot < batch["pair_mask"].shape[1]:
+        raise ValueError(f"slot {group.slot} outside [0, {batch['pair_mask'].shape[1]})")
+    p = len(group.prompt)
+    sl = slice(offset, offset + p)
+    batch["input_ids"][row, sl] = group.prompt
+    batch["positions"][row, sl] = np.arange(p)
+    batch["role_ids"][row, sl] = ROLE_PROMPT
+    batch["attention_mask"][row, sl] = 1
+    batch["segment_ids"][row, sl] = segment
+    last_prompt = offset + p - 1
+    t, lo = offset + p, label_offset
+    for role, ids in group.responses:
+        n = len(ids)
+        if role not in (ROLE_CHOSEN, ROLE_REJECTED):
+            raise ValueError(f"response role {role} must be {ROLE_CHOSEN} or {ROLE_REJECTED}")
+        sl = slice(t, t + n)
+        batch["input_ids"][row, sl] = ids
+        batch["positions"][row, sl] = p + np.arange(n)
+        batch["role_ids"][row, sl] = role
+        batch["attention_mask"][row, sl] = 1
+        batch["segment_ids"][row, sl] = segment
+        lsl = slice(lo, lo + n)
+        batch["label_ids"][row, lsl] = ids
+        # token j of the response is predicted from j-1, its first token from the prompt's end
+        batch["label_src"][row, lsl] = np.concatenate([[last_prompt], t + np.arange(n - 1)])[:n]
+        batch["label_role"][row, lsl] = role
+        batch["label_slot"][row, lsl] = group.slot
+        t, lo = t + n, lo + n
+    batch["pair_mask"][row, group.slot] = 1.0
+    return t, lo
+
+
+def bucket_up(n: int, buckets: Sequence[int] = (), multiple: int = 64) -> int:
+    """The smallest bucket >= n, else n rounded up to a multiple of `multiple`."""
+    for b in sorted(buckets):
+        if b >= n:
+            return int(b)
+    return int(-(-n // multiple) * multiple)
+
+
+def plain_to_triplets(plain_batch) -> tuple[list, np.ndarray]:
+    """Splits a plain batch (DESIGN.md) into (prompt, chosen, rejected) id lists and its pair_mask.
+
+    A row's prompt is its real tokens before the first loss_mask token; its response is the
+    loss_mask tokens. The chosen and rejected rows of a pair must hold the same prompt.
+    """
+    ids = np.asarray(plain_batch["input_ids"])
+    valid = np.asarray(plain_batch["attention_mask"]).astype(bool)
+    loss = np.asarray(plain_batch["loss_mask"]) > 0
+    if ids.shape[0] % 2:
+        raise ValueError(f"plain batch has {ids.shape[0]} rows; expected 2B (chosen then rejected)")
+    b = ids.shape[0] // 2
+    pair_mask = np.asarray(plain_batch.get("pair_mask", np.ones((b,), np.float32)), np.float32)
+
+    def split(r):
+        resp_idx = np.flatnonzero(loss[r])
+        first = resp_idx[0] if resp_idx.size else ids.shape[1]
+        prompt = ids[r, :first][valid[r, :first]]
+        if resp_idx.size and not np.all(valid[r, resp_idx]):
+            raise ValueError(f"row {r}: loss_mask marks padding tokens")
+        return prompt.tolist(), ids[r, resp_idx].tolist()
+
+    triplets = []
+    for i in range(b):
+        p_c, chosen = split(i)
+        p_r, rejected = split(b + i)
+        if p_c != p_r:
+            raise ValueError(f"pair {i}: chosen and rejected rows hold different prompts")
+        if pair_mask[i] > 0 and not p_c:
+            raise ValueError(f"pair {i}: empty prompt (a response token needs a predecessor)")
+        triplets.append((p_c or [0], chosen, rejected))
+    return triplets, pair_mask
+
+
+def prefix_share_batch(plain_batch, *, row_buckets=(), label_buckets=(), pad_id: int = 0):
+    """Plain batch -> prefix-shared indexed batch (numpy), one row per pair, static buckets.
+
+    Row length = smallest of `row_buckets` >= the longest prompt+chosen+rejected (else rounded up
+    to 64); label length likewise for chosen+rejected. Padding pairs keep pair_mask 0 and no labels.
+    """
+    triplets, pair_mask = plain_to_triplets(plain_batch)
+    real = [t for t, m in zip(triplets, pair_mask, strict=True) if m > 0]
+    longest = max((len(p) + len(c) + len(r) for p, c, r in real), default=1)
+    most_labels = max((len(c) + len(r) for _, c, r in real), default=1)
+    t_len, l_len = bucket_up(longest, row_buckets), bucket_up(most_labels, label_buckets)
+    batch = empty_indexed(len(triplets), t_len, l_len, 1, pad_id)
+    for row, ((p, c, r), m) in enumerate(zip(triplets, pair_mask, strict=True)):
+        if m > 0:
+            write_group(batch, row, 0, 0, 1, triplet_group(p, c, r))
+    return batch
+
+
+def use_prefix_sharing(mode: str, objective: str) -> bool:
+    """Resolves data.prefix_sharing: on/off, or auto = on for objectives that score pairs."""
+    if mode not in PREFIX_SHARING_MODES:
+        raise ValueError(f"data.prefix_sharing={mode!r} must be one of {PREFIX_SHARING_MODES}")
+    if mode == "auto":
+        return objective in PREFERENCE_OBJECTIVES
+    return mode == "on"
+
+
+def is_indexed_batch(batch) -> bool:
+    """True for the indexed layout (prefix-shared / packed), False for the plain layout."""
+    return "label_src" in batch
+
+
+def role_mask_BTS(role_ids_BT):
+    """Device-side mask: a query sees a key of its own role or of the shared prompt (jnp bool)."""
+
+    role_q_BT1 = role_ids_BT[:, :, None]
+    role_k_B1S = role_ids_BT[:, None, :]
+    return (role_k_B1S == ROLE_PROMPT) | (role_k_B1S == role_q_BT1)

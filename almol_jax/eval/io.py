@@ -1,0 +1,171 @@
+"""Reading prediction files: the community scorer's TSV, or a plain CSV / JSONL.
+
+Every reader returns a :class:`Predictions` (parallel lists of source, reference and output
+strings). The scorer's TSV is read exactly like the reference scripts read it: tab-separated,
+``csv.QUOTE_NONE``, header ``SMILES<TAB>ground truth<TAB>output`` (smiles2caption) or
+``description<TAB>ground truth<TAB>output`` (caption2smiles). A missing column or a ragged row
+is a :class:`PredictionFileError` naming the file and line.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+TASKS = ("caption2smiles", "smiles2caption")
+TSV_SOURCE_COLUMN = {"caption2smiles": "description", "smiles2caption": "SMILES"}
+REFERENCE_COLUMNS = ("ground truth", "reference")
+OUTPUT_COLUMNS = ("output",)
+SOURCE_COLUMNS = ("source", "description", "SMILES", "smiles", "caption")
+
+
+class PredictionFileError(ValueError):
+    """A prediction file that cannot be read as (source, reference, output) rows."""
+
+
+@dataclass(frozen=True)
+class Predictions:
+    """Parallel lists of the rows of a prediction file (N rows each)."""
+
+    sources: list[str]
+    references: list[str]
+    outputs: list[str]
+    path: str | None = None
+    format: str = "lists"
+
+    def __post_init__(self):
+        lengths = (len(self.sources), len(self.references), len(self.outputs))
+        if len(set(lengths)) != 1:
+            raise ValueError(f"sources/references/outputs differ in length: {lengths}")
+
+    def __len__(self) -> int:
+        return len(self.outputs)
+
+
+def check_task(task: str) -> str:
+    """``task`` itself, or a ValueError naming it."""
+    if task not in TASKS:
+        raise ValueError(f"{task=} is not one of {TASKS}")
+    return task
+
+
+def _pick(header: list[str], names: tuple[str, ...], what: str, path, line: int) -> int:
+    for name in names:
+        if name in header:
+            return header.index(name)
+    raise PredictionFileError(
+        f"{path}:{line}: no {what} column (looked for {list(names)}) in header {header}"
+    )
+
+
+def _rows_from_table(rows, path, task: str | None, fmt: str) -> Predictions:
+    """``rows`` yields (line_number, list_of_fields); the first is the header."""
+    try:
+        header_line, header = next(rows)
+    except StopIteration:
+        raise PredictionFileError(f"{path}: empty file, expected a header line") from None
+    header = [h.strip() for h in header]
+    if task is not None and fmt == "tsv":
+        other = [t for t in TASKS if t != task][0]
+        if TSV_SOURCE_COLUMN[other] in header and TSV_SOURCE_COLUMN[task] not in header:
+            raise PredictionFileError(
+                f"{path}:{header_line}: header {header} is the {other} layout, "
+                f"but task={task!r} expects a {TSV_SOURCE_COLUMN[task]!r} column"
+            )
+    src = _pick(header, SOURCE_COLUMNS, "source", path, header_line)
+    ref = _pick(header, REFERENCE_COLUMNS, "reference ('ground truth')", path, header_line)
+    out = _pick(header, OUTPUT_COLUMNS, "output", path, header_line)
+    sources, references, outputs = [], [], []
+    for line, fields in rows:
+        if not fields:  # a blank line, as csv.DictReader skips it
+            continue
+        if len(fields) != len(header):
+            raise PredictionFileError(
+                f"{path}:{line}: {len(fields)} fields, the header has {len(header)} "
+                f"({header}); a ragged row (a stray tab or a missing column?)"
+            )
+        sources.append(fields[src])
+        references.append(fields[ref])
+        outputs.append(fields[out])
+    return Predictions(sources, references, outputs, path=str(path), format=fmt)
+
+
+def _numbered_csv(path, delimiter: str, quoting: int):
+    csv.field_size_limit(sys.maxsize)
+    with open(path, encoding="utf-8", newline="") as f:
+        reader = csv.reader(f, delimiter=delimiter, quoting=quoting)
+        for fields in reader:
+            yield reader.line_num, fields
+
+
+def read_tsv(path: str | os.PathLike, task: str | None = None) -> Predictions:
+    """The scorer's TSV: tab-separated, no quoting, a header line."""
+    return _rows_from_table(_numbered_csv(path, "\t", csv.QUOTE_NONE), path, task, "tsv")
+
+
+def read_csv(path: str | os.PathLike, task: str | None = None) -> Predictions:
+    """A plain CSV (standard quoting) with source, reference and output columns."""
+    return _rows_from_table(_numbered_csv(path, ",", csv.QUOTE_MINIMAL), path, task, "csv")
+
+
+def read_jsonl(path: str | os.PathLike, task: str | None = None) -> Predictions:
+    """JSON lines, one object per row with source / reference / output keys."""
+    sources, references, outputs = [], [], []
+    with open(path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise PredictionFileError(f"{path}:{line_no}: not JSON ({e})") from None
+            if not isinstance(obj, dict):
+                raise PredictionFileError(f"{path}:{line_no}: expected an object, got {obj!r:.80}")
+            row = []
+            for names in (SOURCE_COLUMNS, REFERENCE_COLUMNS, OUTPUT_COLUMNS):
+                key = next((k for k in names if k in obj), None)
+                if key is None:
+                    raise PredictionFileError(
+                        f"{path}:{line_no}: no key among {list(names)} in {sorted(obj)}"
+                    )
+                value = obj[key]
+                if value is None:
+                    value = ""
+                if not isinstance(value, str):
+                    raise PredictionFileError(f"{path}:{line_no}: {key}={value!r:.80} is not a string")
+                row.append(value)
+            sources.append(row[0])
+            references.append(row[1])
+            outputs.append(row[2])
+    return Predictions(sources, references, outputs, path=str(path), format="jsonl")
+
+
+def read_predictions(path: str | os.PathLike, task: str | None = None) -> Predictions:
+    """Read a prediction file, choosing the reader by extension (.jsonl/.json, .csv, else TSV)."""
+    if task is not None:
+        check_task(task)
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"prediction file {path} does not exist")
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".json"):
+        return read_jsonl(path, task)
+    if suffix == ".csv":
+        return read_csv(path, task)
+    return read_tsv(path, task)
+
+
+def write_tsv(path: str | os.PathLike, task: str, predictions: Predictions) -> None:
+    """Write ``predictions`` in the scorer's TSV layout (tabs/newlines in fields are refused)."""
+    check_task(task)
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        f.write(f"{TSV_SOURCE_COLUMN[task]}\tground truth\toutput\n")
+        for i, row in enumerate(zip(predictions.sources, predictions.references, predictions.outputs)):
+            for value in row:
+                if "\t" in value or "\n" in value or "\r" in value:
+                    raise ValueError(f"row {i}: {value!r:.80} holds a tab or newline; use CSV/JSONL")
+            f.write("\t".join(row) + "\n")

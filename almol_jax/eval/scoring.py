@@ -1,0 +1,321 @@
+"""The library entry points: score a list of (source, reference, output) rows for one task.
+
+``score_caption2smiles`` and ``score_smiles2caption`` return ``(metrics, per_row)``: a flat
+dict of corpus metrics (keys documented in docs/evaluation.md) and one dict per row. Pass a
+:class:`Resources` to have it filled with what was used (versions, vocab hash, WordNet source)
+and skipped; :func:`score` does that for you and returns it as a third value.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from almol_jax.eval import bleu as bleu_lib
+from almol_jax.eval import molecule
+from almol_jax.eval.chrf import ChrfConfig, corpus_chrf_from_stats, row_chrf
+from almol_jax.eval.length_bias import length_stats
+from almol_jax.eval.parallel import map_chunks
+from almol_jax.eval.resources import MissingResourceError, Resources
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    """How to score; every field has the reference scorers' default."""
+
+    fingerprint_averaging: str = "molt5"  # molt5: FTS over valid rows; lpm24: invalid = 0
+    morgan_radius: int = 2
+    chrf: ChrfConfig = field(default_factory=ChrfConfig)
+    text_trunc_length: int = 512  # SciBERT tokens kept for BLEU/METEOR
+    fcd: bool = True  # compute FCD when fcd_torch is installed
+    fcd_device: str = "cpu"
+    scibert_vocab: str | None = None  # explicit vocab.txt (or its directory)
+    wordnet_dir: str | None = None  # explicit NLTK_DATA root or WordNet dict directory
+    nested_props: str | None = None  # L+M-24 nested_props.json: enables property metrics
+    withheld_combos: str | None = None  # L+M-24 withheld combos file: combination metrics
+    skip_unavailable: bool = False  # a missing resource skips its metrics instead of raising
+    num_workers: int | None = None  # worker processes; None = CPUs available (<= 8)
+    progress: bool = False  # tqdm progress bars
+    start_method: str | None = None  # multiprocessing start method; None = fork if safe
+
+    def __post_init__(self):
+        if self.fingerprint_averaging not in ("molt5", "lpm24"):
+            raise ValueError(f"fingerprint_averaging={self.fingerprint_averaging!r} is not 'molt5' or 'lpm24'")
+        if self.morgan_radius < 0:
+            raise ValueError(f"morgan_radius={self.morgan_radius} must be >= 0")
+        if self.text_trunc_length < 1:
+            raise ValueError(f"text_trunc_length={self.text_trunc_length} must be >= 1")
+        if self.num_workers is not None and self.num_workers < 1:
+            raise ValueError(f"num_workers={self.num_workers} must be >= 1")
+        if self.withheld_combos and not self.nested_props:
+            raise ValueError(f"withheld_combos={self.withheld_combos!r} needs nested_props too")
+
+
+def _check_rows(sources, references, outputs) -> int:
+    n = len(outputs)
+    if len(references) != n or (sources is not None and len(sources) != n):
+        lens = (None if sources is None else len(sources), len(references), n)
+        raise ValueError(f"sources/references/outputs lengths differ: {lens}")
+    for name, seq in (("references", references), ("outputs", outputs)):
+        for i, value in enumerate(seq):
+            if not isinstance(value, str):
+                raise TypeError(f"{name}[{i}]={value!r:.80} is not a str")
+    return n
+
+
+# ---------------------------------------------------------------- caption2smiles
+
+
+def _c2s_chunk(state, rows):
+    morgan_radius, chrf_config = state
+    import Levenshtein
+
+    chrf = chrf_config.metric()
+    cache: dict[str, molecule.MolFeatures] = {}
+
+    def feats(s: str) -> molecule.MolFeatures:
+        hit = cache.get(s)
+        if hit is None:
+            hit = cache[s] = molecule.smiles_features(s, morgan_radius)
+        return hit
+
+    out = []
+    for ref, hyp in rows:
+        fr, fo = feats(ref), feats(hyp)
+        row = molecule.row_metrics(ref, hyp, fr, fo)
+        row["levenshtein"] = Levenshtein.distance(hyp, ref)
+        row["chrf"], row["_chrf"] = row_chrf(chrf, ref, hyp)
+        row["_bleu"] = bleu_lib.row_stats(list(ref), list(hyp))
+        row["_canon"] = (fr.canonical if fr.valid else None, fo.canonical if fo.valid else None)
+        out.append(row)
+    return out
+
+
+def score_caption2smiles(
+    sources: Sequence[str] | None,
+    references: Sequence[str],
+    outputs: Sequence[str],
+    *,
+    options: EvalOptions | None = None,
+    resources: Resources | None = None,
+) -> tuple[dict[str, float], list[dict]]:
+    """Molecule-generation metrics of N (caption, reference SMILES, output SMILES) rows.
+
+    Returns ``(metrics, per_row)``. ``resources`` (optional) is filled with what was used and
+    skipped. Keys: bleu, exact_match, levenshtein, validity, maccs_fts, rdk_fts, morgan_fts
+    (``options.fingerprint_averaging``), the same three FTS under ``*_molt5`` / ``*_lpm24``,
+    uniqueness, fcd, chrf (corpus), chrf_sentence_mean, n, length_* and corr_*.
+    """
+    options = options or EvalOptions()
+    resources = resources if resources is not None else Resources()
+    n = _check_rows(sources, references, outputs)
+    rows = map_chunks(
+        _c2s_chunk,
+        list(zip(references, outputs)),
+        state=(options.morgan_radius, options.chrf),
+        num_workers=options.num_workers,
+        progress=options.progress,
+        desc="caption2smiles",
+        start_method=options.start_method,
+    )
+    nan = float("nan")
+    metrics: dict[str, float] = {"n": n}
+    metrics["bleu"] = bleu_lib.corpus_bleu_from_stats([r.pop("_bleu") for r in rows]) if n else nan
+    metrics["exact_match"] = float(np.mean([r["exact_match"] for r in rows])) if n else nan
+    metrics["levenshtein"] = float(np.mean([r["levenshtein"] for r in rows])) if n else nan
+    metrics["validity"] = float(np.mean([r["valid"] for r in rows])) if n else nan
+    for mode in ("molt5", "lpm24"):
+        for key, value in molecule.aggregate_fts(rows, mode).items():
+            metrics[f"{key}_{mode}"] = value
+    for key in molecule.FTS_KEYS:
+        metrics[key] = metrics[f"{key}_{options.fingerprint_averaging}"]
+    metrics["uniqueness"] = molecule.uniqueness(outputs, [r["output_valid"] for r in rows])
+    canon = [r.pop("_canon") for r in rows]
+    metrics["fcd"] = nan
+    if options.fcd:
+        from almol_jax.eval.fcd import fcd_available, fcd_score
+
+        if fcd_available():
+            metrics["fcd"] = fcd_score([c[0] for c in canon], [c[1] for c in canon], device=options.fcd_device)
+        else:
+            resources.skipped["fcd"] = "fcd_torch is not installed (pip install fcd_torch==1.0.7)"
+    else:
+        resources.skipped["fcd"] = "disabled (--no-fcd)"
+    metrics["chrf"] = corpus_chrf_from_stats(options.chrf.metric(), [r.pop("_chrf") for r in rows])
+    metrics["chrf_sentence_mean"] = float(np.mean([r["chrf"] for r in rows])) if n else nan
+    for i, (src, ref, hyp) in enumerate(zip(sources or [""] * n, references, outputs)):
+        rows[i] = {
+            "row": i,
+            "source": src,
+            "reference": ref,
+            "output": hyp,
+            **rows[i],
+            "ref_chars": len(ref),
+            "out_chars": len(hyp),
+            "ref_tokens": molecule.smiles_token_count(ref),
+            "out_tokens": molecule.smiles_token_count(hyp),
+        }
+    metrics.update(
+        length_stats(
+            {
+                "tokens": ([r["ref_tokens"] for r in rows], [r["out_tokens"] for r in rows]),
+                "chars": ([r["ref_chars"] for r in rows], [r["out_chars"] for r in rows]),
+            },
+            {k: [r[k] for r in rows] for k in ("morgan_fts", "levenshtein", "chrf")},
+        )
+    )
+    return metrics, rows
+
+
+# ---------------------------------------------------------------- smiles2caption
+
+
+def _s2c_chunk(state, rows):
+    meteor, chrf_config = state
+    from almol_jax.eval.text import Rouge
+
+    chrf = chrf_config.metric()
+    rouge = Rouge()
+    out = []
+    for ref, hyp, ref_tok, hyp_tok in rows:
+        row = {"meteor": meteor(ref_tok, hyp_tok) if meteor is not None else None}
+        row.update(rouge(ref, hyp))
+        row["chrf"], row["_chrf"] = row_chrf(chrf, ref, hyp)
+        row["_bleu"] = bleu_lib.row_stats(ref_tok, hyp_tok)
+        out.append(row)
+    return out
+
+
+def _resolve_text_resources(options: EvalOptions, resources: Resources):
+    """(WordPiece or None, MeteorScorer or None), honouring ``skip_unavailable``."""
+    from almol_jax.eval import resources as res
+    from almol_jax.eval.text import MeteorScorer, WordPiece
+
+    tokenizer = meteor = None
+    try:
+        vocab = res.find_scibert_vocab(options.scibert_vocab)
+        tokenizer = WordPiece(vocab)
+        resources.scibert_vocab = str(vocab)
+        resources.scibert_vocab_sha256 = res.sha256_file(vocab)
+    except MissingResourceError as e:
+        if not options.skip_unavailable:
+            raise
+        resources.skipped.update(dict.fromkeys(("bleu2", "bleu4", "meteor", "props"), str(e)))
+        return None, None
+    try:
+        source = res.find_wordnet(options.wordnet_dir)
+        meteor = MeteorScorer(source)
+        resources.wordnet_source = source.source
+        resources.wordnet_version = meteor.wordnet_version
+    except MissingResourceError as e:
+        if not options.skip_unavailable:
+            raise
+        resources.skipped["meteor"] = str(e)
+    return tokenizer, meteor
+
+
+def score_smiles2caption(
+    sources: Sequence[str] | None,
+    references: Sequence[str],
+    outputs: Sequence[str],
+    *,
+    options: EvalOptions | None = None,
+    resources: Resources | None = None,
+) -> tuple[dict[str, float], list[dict]]:
+    """Captioning metrics of N (SMILES, reference caption, output caption) rows.
+
+    Keys: bleu2, bleu4, meteor (SciBERT tokens), rouge1, rouge2, rougeL (raw strings),
+    chrf (corpus), chrf_sentence_mean, n, length_*, corr_*, and with ``options.nested_props``
+    the L+M-24 props_* (and combo_* with ``options.withheld_combos``).
+    """
+    from almol_jax.eval.text import strip_cls
+
+    options = options or EvalOptions()
+    resources = resources if resources is not None else Resources()
+    n = _check_rows(sources, references, outputs)
+    outputs = [strip_cls(o) for o in outputs]
+    tokenizer, meteor = _resolve_text_resources(options, resources)
+    trunc = options.text_trunc_length
+    if tokenizer is not None:
+        ref_tok = [tokenizer.metric_tokens(r, trunc) for r in references]
+        out_tok = [tokenizer.metric_tokens(o, trunc) for o in outputs]
+    else:  # whitespace tokens only feed the length statistics here
+        ref_tok = [r.split() for r in references]
+        out_tok = [o.split() for o in outputs]
+    rows = map_chunks(
+        _s2c_chunk,
+        list(zip(references, outputs, ref_tok, out_tok)),
+        state=(meteor, options.chrf),
+        num_workers=options.num_workers,
+        progress=options.progress,
+        desc="smiles2caption",
+        start_method=options.start_method,
+    )
+    nan = float("nan")
+    metrics: dict[str, float] = {"n": n}
+    stats = [r.pop("_bleu") for r in rows]
+    if tokenizer is not None and n:
+        metrics["bleu2"] = bleu_lib.corpus_bleu_from_stats(stats, weights=(0.5, 0.5))
+        metrics["bleu4"] = bleu_lib.corpus_bleu_from_stats(stats)
+    else:
+        metrics["bleu2"] = metrics["bleu4"] = nan
+    for key in ("rouge1", "rouge2", "rougeL"):
+        metrics[key] = float(np.mean([r[key] for r in rows])) if n else nan
+    metrics["meteor"] = (
+        float(np.mean([r["meteor"] for r in rows])) if (n and meteor is not None and tokenizer) else nan
+    )
+    metrics["chrf"] = corpus_chrf_from_stats(options.chrf.metric(), [r.pop("_chrf") for r in rows])
+    metrics["chrf_sentence_mean"] = float(np.mean([r["chrf"] for r in rows])) if n else nan
+    prop_rows = None
+    if options.nested_props and tokenizer is not None:
+        from almol_jax.eval.properties import load_combos, load_nested_props, property_metrics
+
+        combos = load_combos(options.withheld_combos) if options.withheld_combos else None
+        prop_metrics, prop_rows = property_metrics(
+            tokenizer.tokenize, references, outputs, load_nested_props(options.nested_props), combos
+        )
+        metrics.update(prop_metrics)
+    unit = "tokens" if tokenizer is not None else "words"
+    for i, (src, ref, hyp) in enumerate(zip(sources or [""] * n, references, outputs)):
+        rows[i] = {
+            "row": i,
+            "source": src,
+            "reference": ref,
+            "output": hyp,
+            **rows[i],
+            **(prop_rows[i] if prop_rows else {}),
+            "ref_chars": len(ref),
+            "out_chars": len(hyp),
+            f"ref_{unit}": len(ref_tok[i]),
+            f"out_{unit}": len(out_tok[i]),
+        }
+    metrics.update(
+        length_stats(
+            {
+                unit: ([r[f"ref_{unit}"] for r in rows], [r[f"out_{unit}"] for r in rows]),
+                "chars": ([r["ref_chars"] for r in rows], [r["out_chars"] for r in rows]),
+            },
+            {k: [r[k] for r in rows] for k in ("meteor", "rougeL", "chrf")},
+        )
+    )
+    return metrics, rows
+
+
+def score(
+    task: str,
+    sources: Sequence[str] | None,
+    references: Sequence[str],
+    outputs: Sequence[str],
+    *,
+    options: EvalOptions | None = None,
+) -> tuple[dict[str, float], list[dict], Resources]:
+    """``score_<task>`` plus the :class:`Resources` record, for eval.py and reports."""
+    from almol_jax.eval.io import check_task
+
+    check_task(task)
+    resources = Resources()
+    fn = score_caption2smiles if task == "caption2smiles" else score_smiles2caption
+    metrics, per_row = fn(sources, references, outputs, options=options, resources=resources)
+    return metrics, per_row, resources

@@ -1,0 +1,172 @@
+"""Text in, text out: prompt encoding, bucketing into static batches, decoding, detokenising.
+
+`generate_texts(model, tokenizer, prompts, settings, key=...)` encodes each prompt TRL-style
+(BOS + tokens, keeping the END of prompts longer than the largest bucket), groups prompts by the
+smallest bucket that holds them, left-pads them into `[batch_size, bucket]` arrays (a short last
+batch is filled with copies of its first row, whose outputs are dropped), decodes every batch with
+one compiled program per bucket, and returns the outputs in the prompts' order (EOS and special
+tokens removed). With a mesh, each batch is placed sharded along the batch axis (data parallel).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+
+from almol_jax.generation.decode import decode_tokens, eos_ids_of, pad_id_of, split_model
+from almol_jax.generation.settings import DecodeSettings
+
+
+def encode_prompts(
+    tokenizer: Any, prompts: Sequence[str], *, bos_id: int | None, max_length: int
+) -> list[list[int]]:
+    """BOS (when given) + the prompt's tokens, cut to the last `max_length` tokens (BOS kept)."""
+    out = []
+    for text in prompts:
+        ids = list(tokenizer.encode(text, add_special_tokens=False))
+        room = max_length - (bos_id is not None)
+        if room < 1:
+            raise ValueError(f"max_length={max_length} leaves no room for prompt tokens")
+        ids = ids[-room:]
+        out.append(([bos_id] if bos_id is not None else []) + ids)
+    return out
+
+
+def bucket_for(length: int, buckets: Sequence[int]) -> int:
+    """The smallest bucket >= length (prompts are cut to the largest bucket beforehand)."""
+    for b in buckets:
+        if length <= b:
+            return b
+    raise ValueError(f"prompt length {length} exceeds the largest bucket {buckets[-1]}")
+
+
+def left_pad(rows: Sequence[Sequence[int]], length: int, pad_id: int) -> tuple[np.ndarray, ...]:
+    """Left-pads token rows to `length`: (input_ids int32 [B, length], attention_mask int32)."""
+    ids = np.full((len(rows), length), pad_id, dtype=np.int32)
+    mask = np.zeros((len(rows), length), dtype=np.int32)
+    for i, row in enumerate(rows):
+        if len(row) > length:
+            raise ValueError(f"row {i} has {len(row)} tokens, more than the bucket {length}")
+        if row:
+            ids[i, length - len(row) :] = row
+            mask[i, length - len(row) :] = 1
+    return ids, mask
+
+
+def plan_batches(lengths: Sequence[int], settings: DecodeSettings) -> list[tuple[int, list[int]]]:
+    """Groups prompt indices into (bucket, indices) batches of at most batch_size rows."""
+    by_bucket: dict[int, list[int]] = {}
+    for i, n in enumerate(lengths):
+        by_bucket.setdefault(bucket_for(n, settings.prompt_buckets), []).append(i)
+    plan = []
+    for bucket in sorted(by_bucket):
+        idx = by_bucket[bucket]
+        for start in range(0, len(idx), settings.batch_size):
+            plan.append((bucket, idx[start : start + settings.batch_size]))
+    return plan
+
+
+def strip_output(tokens: np.ndarray, length: int, eos_ids: Sequence[int]) -> list[int]:
+    """A row's generated ids without the trailing EOS."""
+    row = [int(t) for t in tokens[:length]]
+    if row and row[-1] in eos_ids:
+        row = row[:-1]
+    return row
+
+
+def generate_token_ids(
+    model,
+    prompt_ids: Sequence[Sequence[int]],
+    settings: DecodeSettings,
+    *,
+    key: jax.Array | None = None,
+    adapters: bool = True,
+    mesh=None,
+    rules=None,
+    on_batch: Callable[[int, int], None] | None = None,
+) -> list[list[int]]:
+    """Decodes already-encoded prompts (each BOS + tokens); returns output ids without EOS."""
+    settings = settings.validate()
+    config = model.config
+    eos_ids, pad_id = eos_ids_of(config), pad_id_of(config)
+    split = split_model(model, adapters=adapters)
+    sharding = None
+    if mesh is not None:
+        from almol_jax.sharding import batch_sharding
+
+        sharding = batch_sharding(mesh, rules)
+    outputs: list[list[int] | None] = [None] * len(prompt_ids)
+    plan = plan_batches([len(p) for p in prompt_ids], settings)
+    for n, (bucket, idx) in enumerate(plan):
+        rows = [prompt_ids[i] for i in idx]
+        rows += [rows[0]] * (settings.batch_size - len(rows))
+        ids_BP, mask_BP = left_pad(rows, bucket, pad_id)
+        if sharding is not None:
+            ids_BP, mask_BP = jax.device_put(ids_BP, sharding), jax.device_put(mask_BP, sharding)
+        batch_key = None if key is None else jax.random.fold_in(key, n)
+        tokens_BN, lengths_B = decode_tokens(
+            model, ids_BP, mask_BP, settings=settings, key=batch_key, split=split
+        )
+        for row, i in enumerate(idx):
+            outputs[i] = strip_output(tokens_BN[row], int(lengths_B[row]), eos_ids)
+        if on_batch is not None:
+            on_batch(n + 1, len(plan))
+    return outputs  # type: ignore[return-value]
+
+
+def generate_texts(
+    model,
+    tokenizer,
+    prompts: Sequence[str],
+    settings: DecodeSettings,
+    *,
+    key: jax.Array | None = None,
+    adapters: bool = True,
+    add_bos: bool = True,
+    mesh=None,
+    rules=None,
+    on_batch: Callable[[int, int], None] | None = None,
+) -> list[str]:
+    """Generates one output string per prompt (see the module docstring)."""
+    settings = settings.validate()
+    bos = model.config.bos_token_id if add_bos else None
+    prompt_ids = encode_prompts(
+        tokenizer, prompts, bos_id=bos, max_length=settings.prompt_buckets[-1]
+    )
+    out_ids = generate_token_ids(
+        model,
+        prompt_ids,
+        settings,
+        key=key,
+        adapters=adapters,
+        mesh=mesh,
+        rules=rules,
+        on_batch=on_batch,
+    )
+    return [tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in out_ids]
+
+
+def settings_from_config(run_config: Any, **changes) -> DecodeSettings:
+    """DecodeSettings from a RunConfig's `generation` section (+ prompt buckets from data).
+
+    do_sample -> "sample"; else num_beams > 1 -> "beam"; else "greedy". Prompt buckets are the
+    powers of two from 32 up to data.max_prompt_length (which is always the last bucket).
+    """
+    gen = run_config.generation
+    method = "sample" if gen.do_sample else ("beam" if gen.num_beams > 1 else "greedy")
+    top = int(run_config.data.max_prompt_length)
+    buckets = [b for b in (32, 64, 128, 256, 512, 1024, 2048) if b < top] + [top]
+    settings = DecodeSettings(
+        method=method,
+        max_new_tokens=gen.max_new_tokens,
+        temperature=gen.temperature,
+        top_k=gen.top_k,
+        top_p=gen.top_p,
+        num_beams=max(gen.num_beams, 1),
+        batch_size=gen.batch_size,
+        prompt_buckets=tuple(buckets),
+    )
+    return settings.replace(**changes)

@@ -1,0 +1,98 @@
+"""Self-attention: mask building, GQA/MQA via jax.nn.dot_product_attention, KV-cache writes.
+
+A query may attend a key iff: key index <= query index (causal, by index in the row) AND the key
+is valid (padding mask) AND segment ids are equal (when given) AND mask_BTS[b, t, s] (when
+given). A fully-masked query row (padding) yields finite output (XLA fills masked logits with a
+large finite negative, so the softmax stays finite).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from almol_jax.model.config import ModelConfig
+from almol_jax.model.lora import Linear, LoraConfig
+from almol_jax.model.rope import apply_rope, inv_frequencies
+
+
+def build_mask(
+    key_valid_BS: jax.Array,
+    q_start: jax.Array | int,
+    num_queries: int,
+    *,
+    segment_ids_BT: jax.Array | None = None,
+    mask_BTS: jax.Array | None = None,
+) -> jax.Array:
+    """Boolean [B, T, S] attention mask; queries sit at key indices q_start .. q_start+T-1."""
+    s = key_valid_BS.shape[1]
+    q_idx_T = q_start + jnp.arange(num_queries)
+    causal_TS = jnp.arange(s)[None, :] <= q_idx_T[:, None]
+    allowed_BTS = causal_TS[None] & key_valid_BS[:, None, :].astype(bool)
+    if segment_ids_BT is not None:
+        if s != num_queries:
+            raise ValueError("segment_ids_BT cannot be combined with a KV cache")
+        allowed_BTS &= segment_ids_BT[:, :, None] == segment_ids_BT[:, None, :]
+    if mask_BTS is not None:
+        allowed_BTS &= mask_BTS.astype(bool)
+    return allowed_BTS
+
+
+class Attention(nnx.Module):
+    """LLaMA attention with q/k/v/o projections (optionally biased, optionally LoRA-adapted)."""
+
+    def __init__(self, config: ModelConfig, *, lora: LoraConfig | None, rngs: nnx.Rngs):
+        d, n, k, h = (
+            config.hidden_size,
+            config.num_attention_heads,
+            config.num_key_value_heads,
+            config.head_dim,
+        )
+        common = dict(
+            use_bias=config.attention_bias,
+            dtype=config.compute_dtype,
+            param_dtype=config.storage_dtype,
+            init_std=config.initializer_range,
+            rngs=rngs,
+            lora=lora,
+        )
+        self.q_proj = Linear(d, n * h, axes=("embed", "heads"), name="q_proj", **common)
+        self.k_proj = Linear(d, k * h, axes=("embed", "kv_heads"), name="k_proj", **common)
+        self.v_proj = Linear(d, k * h, axes=("embed", "kv_heads"), name="v_proj", **common)
+        self.o_proj = Linear(n * h, d, axes=("heads", "embed"), name="o_proj", **common)
+        self.num_heads, self.num_kv_heads, self.head_dim = n, k, h
+        self.inv_freq = tuple(float(f) for f in inv_frequencies(config))
+        self.attention_impl = config.attention_impl
+
+    def __call__(
+        self,
+        x_BTD: jax.Array,
+        positions_BT: jax.Array,
+        mask_BTS: jax.Array,
+        kv_BSKH: tuple[jax.Array, jax.Array] | None = None,
+        end_index: jax.Array | None = None,
+    ):
+        """Returns (out_BTD, (k_BSKH, v_BSKH)): the keys/values attended (cache-updated)."""
+        b, t, _ = x_BTD.shape
+        q_BTNH = self.q_proj(x_BTD).reshape(b, t, self.num_heads, self.head_dim)
+        k_BTKH = self.k_proj(x_BTD).reshape(b, t, self.num_kv_heads, self.head_dim)
+        v_BTKH = self.v_proj(x_BTD).reshape(b, t, self.num_kv_heads, self.head_dim)
+        q_BTNH = apply_rope(q_BTNH, positions_BT, self.inv_freq)
+        k_BTKH = apply_rope(k_BTKH, positions_BT, self.inv_freq)
+        if kv_BSKH is not None:
+            cache_k, cache_v = kv_BSKH
+            start = (0, end_index, 0, 0)
+            k_BSKH = jax.lax.dynamic_update_slice(cache_k, k_BTKH.astype(cache_k.dtype), start)
+            v_BSKH = jax.lax.dynamic_update_slice(cache_v, v_BTKH.astype(cache_v.dtype), start)
+        else:
+            k_BSKH, v_BSKH = k_BTKH, v_BTKH
+        out_BTNH = jax.nn.dot_product_attention(
+            q_BTNH,
+            k_BSKH.astype(q_BTNH.dtype),
+            v_BSKH.astype(q_BTNH.dtype),
+            mask=mask_BTS[:, None, :, :],
+            implementation=self.attention_impl,
+        )
+        out_BTD = self.o_proj(out_BTNH.reshape(b, t, self.num_heads * self.head_dim))
+        return out_BTD, (k_BSKH, v_BSKH)

@@ -1,0 +1,107 @@
+"""Building models: random init (already sharded under a mesh) and load_model from HF weights.
+
+Under a mesh the parameters are created by one jitted init whose out_shardings come from each
+variable's logical names and the rules, so no device ever holds a full unsharded copy.
+"""
+
+from __future__ import annotations
+
+import jax
+from flax import nnx
+from jax.sharding import Mesh
+
+from almol_jax.model.config import ModelConfig
+from almol_jax.model.llama import LlamaForCausalLM
+from almol_jax.model.lora import LoraConfig
+from almol_jax.sharding import Rules, state_shardings
+
+
+def abstract_model(config: ModelConfig, *, lora: LoraConfig | None = None):
+    """(graphdef, abstract state) of the model: shapes, dtypes and metadata, no memory."""
+    abstract = nnx.eval_shape(lambda: LlamaForCausalLM(config, lora=lora, rngs=nnx.Rngs(0)))
+    return nnx.split(abstract)
+
+
+def init_state(
+    config: ModelConfig,
+    *,
+    lora: LoraConfig | None,
+    key: jax.Array,
+    mesh: Mesh | None = None,
+    rules: Rules | None = None,
+    only: nnx.filterlib.Filter = ...,
+) -> nnx.State:
+    """Random-init state of the variables matching `only`, sharded on `mesh` when given.
+
+    Variables not selected are never materialised (XLA drops their init).
+    """
+
+    def init(key):
+        model = LlamaForCausalLM(config, lora=lora, rngs=nnx.Rngs(key))
+        return nnx.state(model, only)
+
+    if mesh is None:
+        return jax.jit(init)(key)
+    abstract = jax.eval_shape(init, key)
+    shardings = state_shardings(abstract, mesh, rules)
+    return jax.jit(init, out_shardings=shardings)(key)
+
+
+def build_model(
+    config: ModelConfig,
+    *,
+    lora: LoraConfig | None = None,
+    rngs: nnx.Rngs | jax.Array | int = 0,
+    mesh: Mesh | None = None,
+    rules: Rules | None = None,
+) -> LlamaForCausalLM:
+    """A randomly initialised model (HF-like init: N(0, initializer_range), LoRA like PEFT).
+
+    `rngs` may be an nnx.Rngs (its "params" stream, else "default", gives the key), a PRNG key or
+    an int seed. With a mesh, every variable is created directly with its NamedSharding.
+    """
+    if isinstance(rngs, nnx.Rngs):
+        key = rngs.params() if "params" in rngs else rngs.default()
+    elif isinstance(rngs, int):
+        key = jax.random.key(rngs)
+    else:
+        key = rngs
+    graphdef, _ = abstract_model(config, lora=lora)
+    state = init_state(config, lora=lora, key=key, mesh=mesh, rules=rules)
+    return nnx.merge(graphdef, state)
+
+
+def load_model(
+    path_or_repo_id: str,
+    *,
+    dtype: str = "float32",
+    param_dtype: str | None = None,
+    lora: LoraConfig | None = None,
+    mesh: Mesh | None = None,
+    rules: Rules | None = None,
+    seed: int = 0,
+    config_overrides: dict | None = None,
+    revision: str | None = None,
+) -> LlamaForCausalLM:
+    """Loads a LLaMA-family HF checkpoint (local dir or hub repo id) as an NNX model.
+
+    `dtype` is the compute dtype, `param_dtype` the base storage dtype (default: `dtype`);
+    adapters (when `lora` is given) are freshly initialised from `seed` (B = 0, so the loaded
+    model's outputs are unchanged).
+    """
+    from almol_jax.model.hf_weights import load_hf_params, resolve_checkpoint_dir
+
+    ckpt_dir = resolve_checkpoint_dir(path_or_repo_id, revision=revision)
+    overrides = dict(dtype=dtype, param_dtype=param_dtype or dtype, **(config_overrides or {}))
+    config = ModelConfig.from_hf_config(ckpt_dir / "config.json", **overrides)
+    graphdef, abstract = abstract_model(config, lora=lora)
+    params = load_hf_params(ckpt_dir, config, abstract, mesh=mesh, rules=rules)
+    rest = init_state(
+        config,
+        lora=lora,
+        key=jax.random.key(seed),
+        mesh=mesh,
+        rules=rules,
+        only=nnx.Not(nnx.Param),
+    )
+    return nnx.merge(graphdef, params, rest)

@@ -1,0 +1,45 @@
+"""KVCache pytree for incremental decoding, and init_cache.
+
+k, v: [L, B, S, K, H]; end_index: int32 scalar (next write slot, the same for every row);
+key_valid_BS: bool [B, S], True where a real (non-padding) token was written.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from almol_jax.model.config import ModelConfig, dtype_of
+
+
+@struct.dataclass
+class KVCache:
+    k: jax.Array  # [L, B, S, K, H]
+    v: jax.Array  # [L, B, S, K, H]
+    end_index: jax.Array  # int32 scalar
+    key_valid_BS: jax.Array  # bool [B, S]
+
+    @property
+    def max_length(self) -> int:
+        return self.k.shape[2]
+
+
+def init_cache(config: ModelConfig, batch_size: int, max_length: int, dtype=None) -> KVCache:
+    """An empty cache for `batch_size` rows of up to `max_length` tokens (compute dtype default)."""
+    if isinstance(dtype, str):
+        dtype = dtype_of(dtype)
+    dtype = config.compute_dtype if dtype is None else dtype
+    shape = (
+        config.num_hidden_layers,
+        batch_size,
+        max_length,
+        config.num_key_value_heads,
+        config.head_dim,
+    )
+    return KVCache(
+        k=jnp.zeros(shape, dtype),
+        v=jnp.zeros(shape, dtype),
+        end_index=jnp.zeros((), jnp.int32),
+        key_valid_BS=jnp.zeros((batch_size, max_length), bool),
+    )

@@ -1,0 +1,242 @@
+"""LlamaForCausalLM as an NNX module (Hugging Face's LLaMA architecture, our [in, out] layout).
+
+Parameter tree (paths mirror HF names, see docs/model.md): model.embed_tokens.embedding [Vp, D],
+model.layers[i].{input_layernorm,post_attention_layernorm}.scale [D],
+model.layers[i].self_attn.{q,k,v,o}_proj.kernel, model.layers[i].mlp.{gate,up,down}_proj.kernel,
+model.norm.scale [D], lm_head.kernel [D, Vp] (absent when tie_word_embeddings).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from almol_jax.model.attention import Attention, build_mask
+from almol_jax.model.config import ModelConfig
+from almol_jax.model.kv_cache import KVCache
+from almol_jax.model.lora import Linear, LoraConfig
+
+NEG_INF = -1e30
+_REMAT_POLICIES = {
+    "full": None,
+    "dots": jax.checkpoint_policies.dots_saveable,
+    "dots_saveable": jax.checkpoint_policies.dots_saveable,
+}
+
+
+class RMSNorm(nnx.Module):
+    """HF LlamaRMSNorm: float32 statistics, cast back, then scale."""
+
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+        del rngs
+        d = config.hidden_size
+        self.scale = nnx.Param(
+            jnp.ones((d,), config.storage_dtype), out_sharding=("norm",), eager_sharding=False
+        )
+        self.eps = config.rms_norm_eps
+        self.dtype = config.compute_dtype
+
+    def __call__(self, x_BTD: jax.Array) -> jax.Array:
+        x = x_BTD.astype(jnp.float32)
+        x = x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + self.eps)
+        return self.scale[...].astype(self.dtype) * x.astype(self.dtype)
+
+
+class Embed(nnx.Module):
+    """Token embedding [Vp, D]; rows >= vocab_size are padding (zeros)."""
+
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+        vp, v, d = config.padded_vocab_size, config.vocab_size, config.hidden_size
+        table = config.initializer_range * jax.random.normal(rngs.params(), (vp, d))
+        table = jnp.where(jnp.arange(vp)[:, None] < v, table, 0.0)
+        self.embedding = nnx.Param(
+            table.astype(config.storage_dtype),
+            out_sharding=("vocab", "embed"),
+            eager_sharding=False,
+        )
+        self.dtype = config.compute_dtype
+
+    def __call__(self, ids_BT: jax.Array) -> jax.Array:
+        return jnp.take(self.embedding[...], ids_BT, axis=0).astype(self.dtype)
+
+
+class MLP(nnx.Module):
+    """SwiGLU: down(silu(gate(x)) * up(x))."""
+
+    def __init__(self, config: ModelConfig, *, lora: LoraConfig | None, rngs: nnx.Rngs):
+        d, f = config.hidden_size, config.intermediate_size
+        common = dict(
+            use_bias=config.mlp_bias,
+            dtype=config.compute_dtype,
+            param_dtype=config.storage_dtype,
+            init_std=config.initializer_range,
+            rngs=rngs,
+            lora=lora,
+        )
+        self.gate_proj = Linear(d, f, axes=("embed", "mlp"), name="gate_proj", **common)
+        self.up_proj = Linear(d, f, axes=("embed", "mlp"), name="up_proj", **common)
+        self.down_proj = Linear(f, d, axes=("mlp", "embed"), name="down_proj", **common)
+
+    def __call__(self, x_BTD: jax.Array) -> jax.Array:
+        return self.down_proj(jax.nn.silu(self.gate_proj(x_BTD)) * self.up_proj(x_BTD))
+
+
+class Block(nnx.Module):
+    """Pre-norm decoder layer: x + attn(norm(x)); x + mlp(norm(x))."""
+
+    def __init__(self, config: ModelConfig, *, lora: LoraConfig | None, rngs: nnx.Rngs):
+        self.input_layernorm = RMSNorm(config, rngs=rngs)
+        self.self_attn = Attention(config, lora=lora, rngs=rngs)
+        self.post_attention_layernorm = RMSNorm(config, rngs=rngs)
+        self.mlp = MLP(config, lora=lora, rngs=rngs)
+
+    def __call__(self, x_BTD, positions_BT, mask_BTS, kv_BSKH=None, end_index=None):
+        attn_BTD, kv_BSKH = self.self_attn(
+            self.input_layernorm(x_BTD), positions_BT, mask_BTS, kv_BSKH, end_index
+        )
+        x_BTD = x_BTD + attn_BTD
+        x_BTD = x_BTD + self.mlp(self.post_attention_layernorm(x_BTD))
+        return x_BTD, kv_BSKH
+
+
+def _run_block(block, x_BTD, positions_BT, mask_BTS, kv_BSKH, end_index):
+    return block(x_BTD, positions_BT, mask_BTS, kv_BSKH, end_index)
+
+
+class LlamaModel(nnx.Module):
+    """Embedding, decoder layers and final norm (HF's `model.` prefix)."""
+
+    def __init__(self, config: ModelConfig, *, lora: LoraConfig | None, rngs: nnx.Rngs):
+        self.embed_tokens = Embed(config, rngs=rngs)
+        self.layers = nnx.List(
+            [Block(config, lora=lora, rngs=rngs) for _ in range(config.num_hidden_layers)]
+        )
+        self.norm = RMSNorm(config, rngs=rngs)
+
+
+class LlamaForCausalLM(nnx.Module):
+    """Causal LM: `model(input_ids_BT, attention_mask_BT, ...)` -> float32 logits [B, T, V]."""
+
+    def __init__(self, config: ModelConfig, *, lora: LoraConfig | None = None, rngs: nnx.Rngs):
+        self.config = config
+        self.lora_config = lora
+        self.model = LlamaModel(config, lora=lora, rngs=rngs)
+        if config.tie_word_embeddings:
+            self.lm_head = None
+        else:
+            self.lm_head = Linear(
+                config.hidden_size,
+                config.padded_vocab_size,
+                axes=("embed", "vocab"),
+                use_bias=False,
+                dtype=config.compute_dtype,
+                param_dtype=config.storage_dtype,
+                init_std=config.initializer_range,
+                rngs=rngs,
+                lora=None,
+                name="lm_head",
+            )
+
+    def hidden_states(
+        self,
+        input_ids_BT: jax.Array,
+        attention_mask_BT: jax.Array | None = None,
+        *,
+        positions_BT: jax.Array | None = None,
+        segment_ids_BT: jax.Array | None = None,
+        mask_BTS: jax.Array | None = None,
+        cache: KVCache | None = None,
+    ):
+        """Final-normed hidden states [B, T, D] (and the new cache when `cache` is given)."""
+        b, t = input_ids_BT.shape
+        if attention_mask_BT is None:
+            attention_mask_BT = jnp.ones((b, t), jnp.int32)
+        valid_BT = attention_mask_BT.astype(bool)
+        if cache is None:
+            end_index = jnp.zeros((), jnp.int32)
+            key_valid_BS = valid_BT
+            offset_B = jnp.zeros((b,), jnp.int32)
+        else:
+            if segment_ids_BT is not None:
+                raise ValueError("segment_ids_BT cannot be combined with a KV cache")
+            end_index = cache.end_index
+            key_valid_BS = jax.lax.dynamic_update_slice(
+                cache.key_valid_BS, valid_BT, (0, end_index)
+            )
+            offset_B = jnp.sum(cache.key_valid_BS, axis=-1, dtype=jnp.int32)
+        if positions_BT is None:
+            positions_BT = offset_B[:, None] + jnp.cumsum(valid_BT, axis=-1, dtype=jnp.int32) - 1
+            positions_BT = jnp.maximum(positions_BT, 0)
+        allowed_BTS = build_mask(
+            key_valid_BS,
+            end_index if cache is not None else 0,
+            t,
+            segment_ids_BT=segment_ids_BT,
+            mask_BTS=mask_BTS,
+        )
+        policy = self.config.remat
+        run = (
+            _run_block
+            if policy == "none"
+            else nnx.remat(_run_block, policy=_REMAT_POLICIES[policy], prevent_cse=True)
+        )
+        x_BTD = self.model.embed_tokens(input_ids_BT)
+        new_k, new_v = [], []
+        for i, block in enumerate(self.model.layers):
+            kv = None if cache is None else (cache.k[i], cache.v[i])
+            x_BTD, (k_BSKH, v_BSKH) = run(block, x_BTD, positions_BT, allowed_BTS, kv, end_index)
+            if cache is not None:
+                new_k.append(k_BSKH)
+                new_v.append(v_BSKH)
+        h_BTD = self.model.norm(x_BTD)
+        if cache is None:
+            return h_BTD
+        new_cache = KVCache(
+            k=jnp.stack(new_k),
+            v=jnp.stack(new_v),
+            end_index=end_index + t,
+            key_valid_BS=key_valid_BS,
+        )
+        return h_BTD, new_cache
+
+    def lm_head_logits(self, h_BTD: jax.Array) -> jax.Array:
+        """float32 logits over the PADDED vocabulary; padded columns are -1e30."""
+        dtype = self.config.compute_dtype
+        if self.lm_head is None:
+            w_DV = self.model.embed_tokens.embedding[...].T
+        else:
+            w_DV = self.lm_head.kernel[...]
+        logits_BTV = jnp.einsum(
+            "...d,dv->...v",
+            h_BTD.astype(dtype),
+            w_DV.astype(dtype),
+            preferred_element_type=jnp.float32,
+        )
+        vp, v = self.config.padded_vocab_size, self.config.vocab_size
+        if vp == v:
+            return logits_BTV
+        return jnp.where(jnp.arange(vp) < v, logits_BTV, NEG_INF)
+
+    def __call__(
+        self,
+        input_ids_BT: jax.Array,
+        attention_mask_BT: jax.Array | None = None,
+        *,
+        positions_BT: jax.Array | None = None,
+        segment_ids_BT: jax.Array | None = None,
+        mask_BTS: jax.Array | None = None,
+        cache: KVCache | None = None,
+    ):
+        """float32 logits [B, T, vocab_size] over the true vocabulary (and the new cache)."""
+        out = self.hidden_states(
+            input_ids_BT,
+            attention_mask_BT,
+            positions_BT=positions_BT,
+            segment_ids_BT=segment_ids_BT,
+            mask_BTS=mask_BTS,
+            cache=cache,
+        )
+        h_BTD, new_cache = (out, None) if cache is None else out
+        logits_BTV = self.lm_head_logits(h_BTD)[..., : self.config.vocab_size]
+        return logits_BTV if cache is None else (logits_BTV, new_cache)

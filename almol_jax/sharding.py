@@ -1,0 +1,127 @@
+"""Logical axis rules and mesh helpers: the one place where logical names meet mesh axes.
+
+Parameters carry logical axis names (e.g. ("embed", "heads")) in their `out_sharding` metadata;
+a rules table maps each logical name to a mesh axis ("data", "fsdp", "tensor"), a tuple of mesh
+axes, or None (replicated). No mesh sizes appear in model code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+Rules = tuple[tuple[str, Any], ...]
+
+DEFAULT_RULES: Rules = (
+    ("batch", ("data", "fsdp")),
+    ("vocab", "tensor"),
+    ("embed", "fsdp"),
+    ("heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("mlp", "tensor"),
+    ("norm", None),
+    ("lora_rank", None),
+    ("length", None),
+)
+
+
+def make_mesh(mesh_config: Any = None, *, devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """Builds a ("data", "fsdp", "tensor") mesh.
+
+    `mesh_config` is anything with integer attributes (or dict keys) data, fsdp, tensor; one of
+    them may be -1 to take the remaining devices. None means all devices on "fsdp".
+    """
+    devices = list(jax.devices() if devices is None else devices)
+    if mesh_config is None:
+        sizes = {"data": 1, "fsdp": -1, "tensor": 1}
+    elif isinstance(mesh_config, dict):
+        sizes = {a: int(mesh_config.get(a, 1)) for a in MESH_AXES}
+    else:
+        sizes = {a: int(getattr(mesh_config, a, 1)) for a in MESH_AXES}
+    free = [a for a, s in sizes.items() if s == -1]
+    if len(free) > 1:
+        raise ValueError(f"mesh sizes {sizes} have more than one -1")
+    known = int(np.prod([s for s in sizes.values() if s != -1]))
+    if free:
+        if len(devices) % known:
+            raise ValueError(f"{len(devices)} devices are not divisible by mesh sizes {sizes}")
+        sizes[free[0]] = len(devices) // known
+    total = int(np.prod(list(sizes.values())))
+    if total != len(devices):
+        raise ValueError(f"mesh sizes {sizes} need {total} devices but {len(devices)} are given")
+    shape = tuple(sizes[a] for a in MESH_AXES)
+    return Mesh(np.asarray(devices).reshape(shape), MESH_AXES)
+
+
+def logical_to_spec(names: Sequence[str | None], rules: Rules | None = None) -> PartitionSpec:
+    """PartitionSpec for logical axis names; a mesh axis is used at most once (later uses drop)."""
+    table = dict(DEFAULT_RULES if rules is None else rules)
+    used: set[str] = set()
+    spec = []
+    for name in names:
+        if name is None:
+            spec.append(None)
+            continue
+        if name not in table:
+            raise ValueError(f"logical axis {name!r} has no rule; rules cover {sorted(table)}")
+        target = table[name]
+        axes = (target,) if isinstance(target, str) else tuple(target or ())
+        axes = tuple(a for a in axes if a not in used)
+        used.update(axes)
+        spec.append(None if not axes else axes[0] if len(axes) == 1 else axes)
+    return PartitionSpec(*spec)
+
+
+def logical_sharding(names: Sequence[str | None], mesh: Mesh, rules: Rules | None = None):
+    """NamedSharding on `mesh` for an array whose axes carry logical `names`."""
+    return NamedSharding(mesh, logical_to_spec(names, rules))
+
+
+def variable_names(variable: nnx.Variable) -> tuple[str | None, ...]:
+    """The logical axis names recorded on an NNX variable (empty tuple when it has none)."""
+    meta = variable.get_metadata()
+    return tuple(meta.get("out_sharding") or ())
+
+
+def check_divisible(path: str, shape: Sequence[int], spec: PartitionSpec, mesh: Mesh) -> None:
+    """ValueError naming the parameter when a dimension does not split evenly over its mesh axes."""
+    for dim, axes in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec)), strict=False):
+        if axes is None:
+            continue
+        axes = (axes,) if isinstance(axes, str) else axes
+        size = int(np.prod([mesh.shape[a] for a in axes]))
+        if dim % size:
+            raise ValueError(
+                f"parameter {path} with shape {tuple(shape)} cannot be sharded as {spec}: "
+                f"dimension {dim} is not divisible by mesh axes {axes} of size {size}"
+            )
+
+
+def state_shardings(state: nnx.State, mesh: Mesh, rules: Rules | None = None) -> nnx.State:
+    """A tree like `state` (of nnx.Variables) holding each leaf's NamedSharding.
+
+    Leaves without logical names (e.g. RNG counters) are replicated.
+    """
+
+    def one(path, var):
+        names = variable_names(var) if isinstance(var, nnx.Variable) else ()
+        shape = getattr(var, "shape", ())
+        if len(names) != len(shape):
+            names = (None,) * len(shape)
+        spec = logical_to_spec(names, rules)
+        check_divisible(".".join(map(str, path)), shape, spec, mesh)
+        return NamedSharding(mesh, spec)
+
+    return jax.tree.map_with_path(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
+def batch_sharding(mesh: Mesh, rules: Rules | None = None, ndim: int = 2) -> NamedSharding:
+    """Sharding of a [B, T, ...] activation / batch array: batch by the "batch" rule, rest replicated."""
+    return logical_sharding(("batch", "length") + (None,) * (ndim - 2), mesh, rules)

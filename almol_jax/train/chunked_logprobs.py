@@ -1,0 +1,172 @@
+"""Log-probs at response positions only, in vocabulary chunks (issue 8).
+
+Instead of full [B, T, V] float32 logits, the hidden states at the label positions are gathered
+into a [B, L, D] array (L: a static bucket of response tokens per row) and scored against the
+lm_head: the label's logit is one dot product per label, and the log-normaliser is an online
+logsumexp over chunks of lm_head columns, each chunk under jax.checkpoint so the backward pass
+recomputes the [B, L, C] chunk instead of keeping [B, L, V] float32 alive.
+
+`indexed_response_logprobs(model, batch)` scores the indexed batch layout of
+almol_jax.data.prefix_sharing (prefix-shared and/or packed rows) and returns exactly what
+almol_jax.train.logprobs.response_logprobs returns for the plain layout:
+(logps_sum[2P], ntok[2P], nll_sum, nll_count) with the P chosen sums first, then the P rejected,
+P = rows x pair slots. The helpers at the bottom let the train step treat both layouts alike.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from almol_jax.data.prefix_sharing import (
+    ROLE_CHOSEN,
+    ROLE_REJECTED,
+    is_indexed_batch,
+    role_mask_BTS,
+)
+
+__all__ = [
+    "indexed_response_logprobs",
+    "is_indexed_batch",
+    "label_logprobs",
+    "lm_head_weight",
+    "sums_by_pair",
+    "indexed_num_pairs",
+    "indexed_pair_mask",
+    "indexed_nll_tokens",
+    "split_indexed_micro_batches",
+]
+DEFAULT_VOCAB_CHUNK = 8192
+
+
+def lm_head_weight(model) -> jax.Array:
+    """The [D, Vp] output projection of a LlamaForCausalLM (the embedding's transpose if tied)."""
+    if model.lm_head is None:
+        return model.model.embed_tokens.embedding[...].T
+    return model.lm_head.kernel[...]
+
+
+def _chunk_size(padded_vocab: int, requested: int) -> int:
+    """Largest multiple of 128 that divides Vp and is <= requested (Vp itself if small)."""
+    if requested <= 0:
+        raise ValueError(f"vocab chunk size {requested=} must be positive")
+    if padded_vocab <= requested:
+        return padded_vocab
+    for c in range(requested - requested % 128, 0, -128):
+        if padded_vocab % c == 0:
+            return c
+    return padded_vocab  # no 128-multiple divisor: one chunk
+
+
+def label_logprobs(
+    h_BLD: jax.Array,
+    w_DV: jax.Array,
+    labels_BL: jax.Array,
+    *,
+    vocab_size: int,
+    vocab_chunk: int = DEFAULT_VOCAB_CHUNK,
+    dtype=None,
+) -> jax.Array:
+    """log softmax(h @ w)[label] over the first `vocab_size` columns: float32 [B, L].
+
+    Matmuls run in `dtype` (default: h's dtype) with float32 accumulation, like the model's
+    lm_head_logits. Columns >= vocab_size (vocabulary padding) are excluded from the normaliser.
+    """
+    dtype = dtype or h_BLD.dtype
+    h_BLD = h_BLD.astype(dtype)
+    w_DV = w_DV.astype(dtype)
+    vp = w_DV.shape[1]
+    if not 0 < vocab_size <= vp:
+        raise ValueError(f"{vocab_size=} must be in (0, padded vocab {vp}]")
+    w_DBL = jnp.take(w_DV, labels_BL, axis=1)
+    label_logit_BL = jnp.einsum("bld,dbl->bl", h_BLD, w_DBL, preferred_element_type=jnp.float32)
+
+    c = _chunk_size(vp, vocab_chunk)
+
+    def chunk_lse(start):
+        w_DC = jax.lax.dynamic_slice_in_dim(w_DV, start, c, axis=1)
+        logits_BLC = jnp.einsum("bld,dc->blc", h_BLD, w_DC, preferred_element_type=jnp.float32)
+        if vocab_size < vp:
+            col_C = start + jnp.arange(c)
+            logits_BLC = jnp.where(col_C < vocab_size, logits_BLC, -jnp.inf)
+        return jax.nn.logsumexp(logits_BLC, axis=-1)
+
+    if c == vp:
+        lse_BL = chunk_lse(0)
+    else:
+        starts = jnp.arange(0, vp, c)
+        # per-chunk normalisers; the checkpoint makes the backward recompute each chunk's logits
+        _, lse_nBL = jax.lax.scan(lambda _, s: (None, jax.checkpoint(chunk_lse)(s)), None, starts)
+        lse_BL = jax.nn.logsumexp(lse_nBL, axis=0)
+    return label_logit_BL - lse_BL
+
+
+def indexed_response_logprobs(model, batch, *, vocab_chunk: int = DEFAULT_VOCAB_CHUNK):
+    """(logps_sum[2P], ntok[2P], nll_sum, nll_count) of an indexed (prefix-shared/packed) batch."""
+    h_BTD = model.hidden_states(
+        batch["input_ids"],
+        batch["attention_mask"],
+        positions_BT=batch["positions"],
+        segment_ids_BT=batch["segment_ids"],
+        mask_BTS=role_mask_BTS(batch["role_ids"]),
+    )
+    h_BLD = jnp.take_along_axis(h_BTD, batch["label_src"][..., None], axis=1)
+    logp_BL = label_logprobs(
+        h_BLD,
+        lm_head_weight(model),
+        batch["label_ids"],
+        vocab_size=model.config.vocab_size,
+        vocab_chunk=vocab_chunk,
+        dtype=model.config.compute_dtype,
+    )
+    return sums_by_pair(logp_BL, batch)
+
+
+def sums_by_pair(logp_BL: jax.Array, batch):
+    """Per-pair sums of label log-probs: (logps_sum[2P], ntok[2P], nll_sum, nll_count)."""
+    role_BL, slot_BL = batch["label_role"], batch["label_slot"]
+    slots = batch["pair_mask"].shape[1]
+    onehot_BLS = jax.nn.one_hot(slot_BL, slots, dtype=jnp.float32)
+    chosen_BL = (role_BL == ROLE_CHOSEN).astype(jnp.float32)
+    rejected_BL = (role_BL == ROLE_REJECTED).astype(jnp.float32)
+    logp_BL = logp_BL.astype(jnp.float32)
+
+    def per_pair(weight_BL, values_BL):
+        return jnp.einsum("bl,bls->bs", weight_BL * values_BL, onehot_BLS).reshape(-1)
+
+    ones_BL = jnp.ones_like(logp_BL)
+    logps = jnp.concatenate([per_pair(chosen_BL, logp_BL), per_pair(rejected_BL, logp_BL)])
+    ntok = jnp.concatenate([per_pair(chosen_BL, ones_BL), per_pair(rejected_BL, ones_BL)])
+    nll_sum = -jnp.sum(chosen_BL * logp_BL)
+    nll_count = jnp.sum(chosen_BL)
+    return logps, ntok, nll_sum, nll_count
+
+
+# ---- helpers that let the train step handle the indexed layout next to the plain one ----------
+def indexed_num_pairs(batch) -> int:
+    """Pair slots of an indexed batch (rows x slots): the P of logps_sum[2P]."""
+    return batch["pair_mask"].shape[0] * batch["pair_mask"].shape[1]
+
+
+def indexed_pair_mask(batch) -> jax.Array:
+    """pair_mask flattened to [P], in the order of logps_sum's halves."""
+    return batch["pair_mask"].reshape(-1).astype(jnp.float32)
+
+
+def indexed_nll_tokens(batch) -> jax.Array:
+    """Number of chosen response tokens of an indexed batch (float32 scalar)."""
+    return jnp.sum((batch["label_role"] == ROLE_CHOSEN).astype(jnp.float32))
+
+
+def split_indexed_micro_batches(batch, num_micro: int):
+    """Indexed batch -> stacked micro-batches [M, rows/M, ...]; micro m = rows m, m+M, ...
+
+    Rows hold whole pairs (label slots are row-local), so splitting rows needs no remapping.
+    """
+    rows = batch["input_ids"].shape[0]
+    if rows % num_micro:
+        raise ValueError(f"{rows=} indexed rows do not split into grad_accum={num_micro} micro-batches")
+    per = rows // num_micro
+    return {
+        k: jnp.swapaxes(v.reshape((per, num_micro) + v.shape[1:]), 0, 1) for k, v in batch.items()
+    }

@@ -1,0 +1,199 @@
+"""Shared pieces of the benchmark scripts: named shapes, FLOP counting, timing and memory.
+
+Every bench script (train_step.py, matmul_peak.py, generate.py, memory_estimate.py) takes its
+sizes from `SHAPES` by name so that a row in docs/benchmarks.md names one reproducible shape.
+
+FLOP convention (documented once here, used for every "model FLOPs" figure):
+- matmul FLOPs only (2 per multiply-add); norms, softmax, RoPE and elementwise work are not
+  counted; recomputation by remat is not counted (the usual MFU convention);
+- attention counts only the (query, key) pairs a query may attend (causal, same segment,
+  prefix rule), i.e. the useful work, not a dense T x S square;
+- forward: every projection, LoRA A/B products, attention QK^T and PV, and the lm_head at the
+  positions where logits are computed (all positions for TRL, response positions for ours);
+- backward with a frozen base (LoRA): input gradients through every frozen matmul (1x forward)
+  except the first layer's input-side projections (their input, the embedding, needs no
+  gradient), attention backward (2x forward: dQ, dK, dV, dP), LoRA weight and input
+  gradients (2x the LoRA forward); no weight gradients of frozen kernels;
+- full fine-tuning (lora_r == 0) adds weight gradients (1x forward of each kernel).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchShape:
+    """One benchmark shape: model sizes, LoRA, and the preference batch."""
+
+    name: str
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    pairs: int  # preference pairs per step (B)
+    prompt_len: int  # prompt tokens incl. BOS
+    chosen_len: int  # chosen tokens incl. EOS
+    rejected_len: int  # rejected tokens incl. EOS
+    lora_r: int = 16
+    lora_alpha: float = 32.0
+    dtype: str = "float32"
+    tie_word_embeddings: bool = False
+    beta: float = 0.1
+    cpo_alpha: float = 1.0
+    learning_rate: float = 1e-4
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    @property
+    def trl_tokens_per_step(self) -> int:
+        """Tokens per step counted the way TRL's concatenated forward sees them (prompt twice)."""
+        return self.pairs * (2 * self.prompt_len + self.chosen_len + self.rejected_len)
+
+
+SHAPES: dict[str, BenchShape] = {
+    # The reference shape of issue 8 (TRL CPOTrainer measured at ~0.49 s/step here).
+    "cpo-small": BenchShape("cpo-small", 2048, 256, 688, 4, 4, 4, 8, 128, 64, 64),
+    # The peak-fraction target shape: d 512, 8 layers.
+    "cpo-d512": BenchShape("cpo-d512", 2048, 512, 1376, 8, 8, 8, 8, 128, 64, 64),
+    # A LLaMA-sized vocabulary with long sequences: exercises response-only, vocab-chunked logits.
+    "cpo-32k": BenchShape("cpo-32k", 32000, 256, 688, 2, 4, 4, 4, 512, 256, 256),
+    # A tiny shape for smoke tests of the bench scripts themselves.
+    "tiny": BenchShape("tiny", 256, 64, 128, 2, 4, 2, 2, 16, 8, 8, lora_r=4, lora_alpha=8.0),
+}
+
+
+def get_shape(name: str) -> BenchShape:
+    """Looks a shape up by name; the error lists the known names."""
+    if name not in SHAPES:
+        raise ValueError(f"unknown bench shape {name!r}; known: {sorted(SHAPES)}")
+    return SHAPES[name]
+
+
+def _linear_dims(s: BenchShape) -> list[tuple[int, int]]:
+    """(in, out) of the seven linear projections of one decoder layer."""
+    d, h = s.hidden_size, s.head_dim
+    nh, kh = s.num_heads * h, s.num_kv_heads * h
+    f = s.intermediate_size
+    return [(d, nh), (d, kh), (d, kh), (nh, d), (d, f), (d, f), (f, d)]
+
+
+def _causal_pairs(n: int) -> int:
+    """Number of (query, key) pairs with key <= query in a run of n tokens."""
+    return n * (n + 1) // 2
+
+
+def attended_pairs(s: BenchShape, layout: str) -> int:
+    """(query, key) pairs attended per step for a layout: 'plain' (TRL) or 'prefix_shared'."""
+    p, c, r = s.prompt_len, s.chosen_len, s.rejected_len
+    if layout == "plain":
+        return s.pairs * (_causal_pairs(p + c) + _causal_pairs(p + r))
+    if layout == "prefix_shared":
+        # prompt causally; each response token sees the whole prompt and its own earlier tokens
+        return s.pairs * (_causal_pairs(p) + c * p + _causal_pairs(c) + r * p + _causal_pairs(r))
+    raise ValueError(f"unknown {layout=}; expected 'plain' or 'prefix_shared'")
+
+
+def processed_tokens(s: BenchShape, layout: str) -> int:
+    """Tokens the model runs per step: the prompt twice (plain) or once (prefix_shared)."""
+    if layout == "plain":
+        return s.trl_tokens_per_step
+    if layout == "prefix_shared":
+        return s.pairs * (s.prompt_len + s.chosen_len + s.rejected_len)
+    raise ValueError(f"unknown {layout=}; expected 'plain' or 'prefix_shared'")
+
+
+def train_step_flops(s: BenchShape, layout: str, *, response_only_logits: bool) -> dict[str, int]:
+    """Model matmul FLOPs of one CPO train step (see the module docstring for the convention).
+
+    Returns {"forward", "backward", "total"}. `response_only_logits` counts the lm_head only at
+    the label positions (chosen + rejected tokens) instead of at every processed position.
+    """
+    tokens = processed_tokens(s, layout)
+    lin = _linear_dims(s)
+    base_fwd_tok = sum(2 * i * o for i, o in lin)  # per token per layer
+    lora_fwd_tok = sum(2 * (i * s.lora_r + s.lora_r * o) for i, o in lin) if s.lora_r else 0
+    # layer-0 input-side projections (q, k, v, gate, up) need no input gradient
+    names = ("q", "k", "v", "o", "gate", "up", "down")
+    first_in_side = sum(
+        2 * i * o for (i, o), n in zip(lin, names, strict=True) if n in ("q", "k", "v", "gate", "up")
+    )
+    attn_fwd = 2 * 2 * s.num_heads * s.head_dim * attended_pairs(s, layout)  # QK^T and PV
+    logit_positions = s.pairs * (s.chosen_len + s.rejected_len) if response_only_logits else tokens
+    head_fwd = 2 * s.hidden_size * s.vocab_size * logit_positions
+
+    fwd = s.num_layers * (tokens * (base_fwd_tok + lora_fwd_tok) + attn_fwd) + head_fwd
+    bwd_input = s.num_layers * tokens * base_fwd_tok - tokens * first_in_side
+    bwd = bwd_input + s.num_layers * (2 * tokens * lora_fwd_tok + 2 * attn_fwd) + head_fwd
+    if not s.lora_r:  # full fine-tuning: weight gradients of every kernel and the head
+        bwd += s.num_layers * tokens * base_fwd_tok + head_fwd
+    return {"forward": fwd, "backward": bwd, "total": fwd + bwd}
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident set size of this process (Linux: ru_maxrss is in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def device_peak_bytes() -> int | None:
+    """Peak device memory from JAX's memory_stats (GPU/TPU), None where unavailable (CPU)."""
+    try:
+        import jax
+
+        stats = jax.devices()[0].memory_stats()
+    except Exception:  # noqa: BLE001 - any backend without stats
+        return None
+    if not stats:
+        return None
+    return int(stats.get("peak_bytes_in_use", stats.get("bytes_in_use", 0))) or None
+
+
+def machine_description() -> str:
+    """One line naming the machine: CPU model and core count (lscpu), or the accelerator."""
+    cpu = platform.processor() or "cpu"
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+        fields = dict(
+            line.split(":", 1) for line in out.splitlines() if ":" in line and line.strip()
+        )
+        cpu = fields.get("Model name", cpu).strip()
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    return f"{os.cpu_count()}-core CPU ({cpu})"
+
+
+def median(xs: list[float]) -> float:
+    """Median of a non-empty list."""
+    if not xs:
+        raise ValueError("median of an empty list")
+    ys = sorted(xs)
+    mid = len(ys) // 2
+    return ys[mid] if len(ys) % 2 else 0.5 * (ys[mid - 1] + ys[mid])
+
+
+def send(msg: dict) -> None:
+    """Writes one JSON message line to stdout (the worker protocol of the bench scripts)."""
+    sys.stdout.write(json.dumps(msg) + "\n")
+    sys.stdout.flush()
+
+
+def format_row(figures: dict) -> str:
+    """One human-readable line of a system's figures."""
+    return (
+        f"{figures['system']:>6}: {figures['s_per_step']:.4f} s/step  "
+        f"{figures['tokens_per_s']:,.0f} tokens/s  "
+        f"{figures['flops_per_step'] / 1e9:.2f} GFLOP/step  "
+        f"{figures['flops_per_s'] / 1e9:.1f} GFLOP/s  "
+        f"peak_frac={figures.get('peak_fraction', float('nan')):.3f}  "
+        f"peak_mem={figures['peak_mem_bytes'] / 2**20:.0f} MiB ({figures['mem_kind']})"
+    )

@@ -1,0 +1,141 @@
+"""Greedy decoding throughput: our jitted KV-cache decoder vs transformers' PyTorch generate.
+
+    python bench/generate.py --shape cpo-small --vs-hf [--batch 8 --prompt-len 128 --new 64]
+
+Builds a random-weight HF LlamaForCausalLM of the named bench shape, saves it with
+save_pretrained, loads the same weights with almol_jax.load_model, checks that both produce the
+same greedy tokens, then times both, interleaved round by round in one process (the machine is
+shared, so interleaving keeps the comparison fair), and reports the median new tokens/s of each.
+The last line is `ratio_vs_hf=<ours / HF>` (only with --vs-hf).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+
+from bench.common import get_shape, machine_description, median  # noqa: E402
+
+
+def build_hf(shape, seed: int):
+    """A random-weight transformers LlamaForCausalLM of the bench shape (float32, eval mode)."""
+    import torch
+    import transformers
+
+    torch.manual_seed(seed)
+    config = transformers.LlamaConfig(
+        vocab_size=shape.vocab_size,
+        hidden_size=shape.hidden_size,
+        intermediate_size=shape.intermediate_size,
+        num_hidden_layers=shape.num_layers,
+        num_attention_heads=shape.num_heads,
+        num_key_value_heads=shape.num_kv_heads,
+        max_position_embeddings=4096,
+        rms_norm_eps=1e-5,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+        tie_word_embeddings=False,
+    )
+    model = transformers.LlamaForCausalLM(config).eval()
+    return model
+
+
+def make_prompts(shape_vocab: int, batch: int, prompt_len: int, seed: int):
+    """Random prompts (BOS + tokens avoiding the special ids 0-2), all of full length."""
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(3, shape_vocab, size=(batch, prompt_len), dtype=np.int64)
+    ids[:, 0] = 1
+    return ids, np.ones_like(ids)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shape", default="cpo-small")
+    parser.add_argument("--vs-hf", action="store_true", help="also time transformers' generate")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--prompt-len", type=int, default=128)
+    parser.add_argument("--new", type=int, default=64, help="new tokens per prompt")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+
+    import jax
+    import torch
+
+    from almol_jax import load_model
+    from almol_jax.generation import DecodeSettings, decode_tokens
+
+    shape = get_shape(args.shape)
+    hf = build_hf(shape, args.seed)
+    # Never stop early: both sides generate exactly --new tokens per row (fair token counts).
+    hf.generation_config.eos_token_id = None
+    with tempfile.TemporaryDirectory() as tmp:
+        hf.save_pretrained(tmp)
+        ours = load_model(tmp, dtype="float32")
+    no_eos = shape.vocab_size + 1  # an id the model can never produce
+    ids, mask = make_prompts(shape.vocab_size, args.batch, args.prompt_len, args.seed)
+    settings = DecodeSettings(method="greedy", max_new_tokens=args.new)
+
+    def run_ours():
+        tokens, lengths = decode_tokens(ours, ids, mask, settings=settings, eos_ids=(no_eos,))
+        return tokens, int(np.sum(lengths))
+
+    def run_hf():
+        with torch.inference_mode():
+            out = hf.generate(
+                input_ids=torch.from_numpy(ids),
+                attention_mask=torch.from_numpy(mask),
+                max_new_tokens=args.new,
+                min_new_tokens=args.new,
+                do_sample=False,
+                pad_token_id=0,
+            )
+        new = out[:, args.prompt_len :].numpy()
+        return new, int(new.size)
+
+    t0 = time.perf_counter()
+    ours_tokens, _ = run_ours()
+    print(f"ours: first call (compile + run) {time.perf_counter() - t0:.2f} s", flush=True)
+    if args.vs_hf:
+        hf_tokens, _ = run_hf()
+        same = np.array_equal(ours_tokens, hf_tokens)
+        print(f"greedy tokens identical to HF: {same}", flush=True)
+
+    times = {"ours": [], "hf": []}
+    counts = {}
+    for _ in range(args.rounds):
+        for name, fn in (("ours", run_ours), ("hf", run_hf)):
+            if name == "hf" and not args.vs_hf:
+                continue
+            start = time.perf_counter()
+            _, n = fn()
+            times[name].append(time.perf_counter() - start)
+            counts[name] = n
+    print(f"machine: {machine_description()}; jax {jax.__version__} on {jax.devices()[0].platform}")
+    print(
+        f"shape {shape.name}: batch {args.batch} x prompt {args.prompt_len}, "
+        f"{args.new} new tokens each, greedy, median of {args.rounds} interleaved rounds"
+    )
+    rates = {}
+    for name, ts in times.items():
+        if not ts:
+            continue
+        rates[name] = counts[name] / median(ts)
+        print(f"{name:>5}: {median(ts):.4f} s/generate  {rates[name]:,.0f} new tokens/s")
+    if args.vs_hf:
+        print(f"ratio_vs_hf={rates['ours'] / rates['hf']:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

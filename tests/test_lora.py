@@ -1,0 +1,173 @@
+"""LoRA: parity with PEFT, untrained adapters are a no-op, adapters-off views, merging, init."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from hf_fixtures import forward
+
+from almol_jax.model import (
+    LoraConfig,
+    LoRAParam,
+    ModelConfig,
+    build_model,
+    disable_adapters,
+    lora_state,
+    merge_lora,
+    without_adapters,
+    zeros_like_lora,
+)
+
+TINY = ModelConfig.preset("tiny", vocab_size=300)
+IDS = np.array([[5, 9, 33, 7, 2, 100], [0, 0, 4, 8, 15, 16]], np.int32)
+MASK = np.array([[1, 1, 1, 1, 1, 1], [0, 0, 1, 1, 1, 1]], np.int32)
+
+
+def _randomise_b(model, key):
+    """Gives every LoRA B a non-zero value (as if trained)."""
+    for i, (path, var) in enumerate(nnx.to_flat_state(lora_state(model))):
+        if path[-1] == "lora_b":
+            k = jax.random.fold_in(key, i)
+            var.set_value(0.05 * jax.random.normal(k, var.shape, var.dtype))
+    return model
+
+
+def test_lora_param_is_not_param_and_targets_all_linear():
+    assert not issubclass(LoRAParam, nnx.Param)
+    model = build_model(TINY, lora=LoraConfig(r=4, alpha=8), rngs=0)
+    paths = [".".join(map(str, p)) for p, _ in nnx.to_flat_state(lora_state(model))]
+    names = {p.split(".")[-2] for p in paths}
+    assert names == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+    assert len(paths) == 2 * 7 * TINY.num_hidden_layers  # A and B per projection, never lm_head
+    assert not any("lm_head" in p for p in paths)
+    assert nnx.state(model, nnx.Param)["lm_head"]["kernel"][...].shape == (64, 384)
+
+
+def test_lora_config_scale_and_validation():
+    assert LoraConfig(r=64, alpha=16).scale == 0.25
+    assert LoraConfig(r=64, alpha=16, use_rslora=True).scale == 2.0
+    assert LoraConfig(target_modules=["q_proj", "v_proj"]).targets("v_proj")
+    assert not LoraConfig(target_modules=["q_proj"]).targets("v_proj")
+    with pytest.raises(ValueError, match="lm_head"):
+        LoraConfig(target_modules=["q_proj", "lm_head"])
+    with pytest.raises(ValueError, match="r=0"):
+        LoraConfig(r=0)
+
+
+def test_init_like_peft():
+    """A ~ U(-1/sqrt(in), 1/sqrt(in)) over [in, R] (kaiming-uniform a=sqrt(5)); B = 0."""
+    cfg = ModelConfig.preset("tiny", hidden_size=256, num_attention_heads=4, num_key_value_heads=4)
+    model = build_model(cfg, lora=LoraConfig(r=64, alpha=16), rngs=1)
+    a = np.asarray(model.model.layers[0].self_attn.q_proj.lora_a[...])
+    b = np.asarray(model.model.layers[0].self_attn.q_proj.lora_b[...])
+    assert a.shape == (256, 64) and b.shape == (64, 256)
+    bound = 1 / np.sqrt(256)
+    assert np.abs(a).max() <= bound and np.abs(a).max() > 0.95 * bound
+    np.testing.assert_allclose(a.std(), bound / np.sqrt(3), rtol=0.03, atol=0)
+    assert not b.any()
+
+
+def test_untrained_adapter_changes_nothing():
+    base = build_model(TINY, rngs=3)
+    adapted = build_model(TINY, lora=LoraConfig(r=8, alpha=16), rngs=3)
+    # same key, same base draws? not guaranteed: copy the base params across explicitly
+    nnx.update(adapted, nnx.state(base, nnx.Param))
+    np.testing.assert_allclose(
+        forward(adapted, IDS, MASK), forward(base, IDS, MASK), rtol=0, atol=1e-6
+    )
+
+
+def test_adapters_off_three_ways_and_merge():
+    model = build_model(TINY, lora=LoraConfig(r=8, alpha=16), rngs=4)
+    _randomise_b(model, jax.random.key(5))
+    base = build_model(TINY, rngs=0)
+    nnx.update(base, nnx.state(model, nnx.Param))
+    ref_off = np.asarray(forward(base, IDS, MASK))
+    on = np.asarray(forward(model, IDS, MASK))
+    assert np.abs(on - ref_off).max() > 1e-3  # the adapters matter
+
+    # 1) functional: zeros for the LoRAParam state in the same graphdef
+    graphdef, lora, rest = nnx.split(model, LoRAParam, ...)
+    off = nnx.merge(graphdef, zeros_like_lora(lora), rest)
+    np.testing.assert_allclose(forward(off, IDS, MASK), ref_off, rtol=0, atol=1e-6)
+    # 2) a view sharing arrays
+    np.testing.assert_allclose(
+        forward(without_adapters(model), IDS, MASK), ref_off, rtol=0, atol=1e-6
+    )
+    # 3) a context
+    with disable_adapters(model):
+        np.testing.assert_allclose(forward(model, IDS, MASK), ref_off, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(forward(model, IDS, MASK), on, rtol=0, atol=0)
+
+    # merged kernels W + scale A @ B reproduce the adapted model
+    merged = merge_lora(model)
+    assert len(merged) == 7 * TINY.num_hidden_layers
+    flat = dict(nnx.to_flat_state(nnx.state(base, nnx.Param)))
+    for key, w in merged.items():
+        path = tuple(int(p) if p.isdigit() else p for p in key.split("."))
+        flat[path].set_value(w)
+    np.testing.assert_allclose(forward(base, IDS, MASK), on, rtol=0, atol=1e-5)
+
+
+def test_bf16_base_fp32_adapters_and_grads_only_for_lora():
+    cfg = TINY.replace(param_dtype="bfloat16", dtype="bfloat16")
+    model = build_model(cfg, lora=LoraConfig(r=4, alpha=8), rngs=6)
+    q = model.model.layers[0].self_attn.q_proj
+    assert q.kernel[...].dtype == jnp.bfloat16 and q.lora_a[...].dtype == jnp.float32
+    graphdef, lora, rest = nnx.split(model, LoRAParam, ...)
+
+    def loss(lora_state):
+        m = nnx.merge(graphdef, lora_state, rest)
+        return m(IDS, MASK).mean()
+
+    grads = jax.jit(jax.grad(loss))(lora)
+    b_grad = grads["model"]["layers"][0]["self_attn"]["q_proj"]["lora_b"][...]
+    assert b_grad.dtype == jnp.float32 and np.abs(np.asarray(b_grad)).max() > 0
+
+
+def test_dropout_is_used_in_training_and_not_in_eval_view():
+    model = build_model(TINY, lora=LoraConfig(r=4, alpha=8, dropout=0.5), rngs=7)
+    _randomise_b(model, jax.random.key(8))
+    a, b = np.asarray(forward(model, IDS, MASK)), np.asarray(forward(model, IDS, MASK))
+    assert np.abs(a - b).max() > 0  # fresh dropout masks each call
+    ev = nnx.view(model, deterministic=True)
+    np.testing.assert_allclose(forward(ev, IDS, MASK), forward(ev, IDS, MASK), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("tie", [False])
+def test_peft_parity(tmp_path, tie):
+    """Our forward with PEFT's adapter values equals PEFT's LoRA model (all-linear, r 8, a 16)."""
+    torch = pytest.importorskip("torch")
+    peft = pytest.importorskip("peft")
+    from hf_fixtures import hf_logits, make_hf_llama, padded_batch
+
+    import almol_jax
+    from almol_jax.model.hf_weights import load_peft_adapter, read_peft_config
+
+    hf, ckpt = make_hf_llama(tmp_path, num_key_value_heads=2, tie_word_embeddings=tie, seed=9)
+    ids, mask = padded_batch(300, seed=1)
+    base_ref = hf_logits(hf, ids, mask)
+    pcfg = peft.LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", lora_dropout=0.0)
+    pmodel = peft.get_peft_model(hf, pcfg)
+    torch.manual_seed(10)
+    with torch.no_grad():
+        for name, p in pmodel.named_parameters():
+            if "lora_B" in name:
+                p.copy_(0.1 * torch.randn_like(p))
+    pmodel.eval()
+    ref = hf_logits(pmodel, ids, mask)
+    assert np.abs(ref - base_ref).max() > 1e-2
+    pmodel.save_pretrained(tmp_path / "adapter")
+
+    lcfg = read_peft_config(tmp_path / "adapter")
+    assert (lcfg.r, lcfg.scale) == (8, 2.0)
+    model = almol_jax.load_model(str(ckpt), lora=lcfg, seed=11)
+    valid = mask.astype(bool)
+    before = forward(model, ids, mask)  # fresh adapters (B = 0): the base model
+    np.testing.assert_allclose(before[valid], base_ref[valid], rtol=0, atol=1e-4)
+    load_peft_adapter(model, tmp_path / "adapter")
+    ours = forward(model, ids, mask)
+    np.testing.assert_allclose(ours[valid], ref[valid], rtol=0, atol=1e-4)

@@ -1,0 +1,149 @@
+"""The pure train step: log-probs against numpy, HF schedules, exact accumulation, LoRA-only
+updates, DPO's adapters-off reference, and learning on fixed triplets."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from train_fixtures import settings, split, tiny_model, triplet_batch
+
+from almol_jax.train import optimizer as opt_lib
+from almol_jax.train import step as step_lib
+from almol_jax.train.logprobs import response_logprobs
+
+STEP = jax.jit(step_lib.train_step, static_argnames=("graphdef", "settings"))
+
+
+def _log_softmax64(logits):
+    logits = np.asarray(logits, np.float64)
+    m = logits.max(-1, keepdims=True)
+    return logits - m - np.log(np.exp(logits - m).sum(-1, keepdims=True))
+
+
+def test_response_logprobs_match_numpy():
+    model = tiny_model()
+    batch = triplet_batch(3)
+    logps, ntok, nll_sum, nll_count = jax.jit(response_logprobs)(model, batch)
+    logits = model(
+        batch["input_ids"],
+        attention_mask_BT=batch["attention_mask"],
+        positions_BT=batch["positions"],
+    )
+    lp = _log_softmax64(logits)
+    ids, mask = batch["input_ids"], batch["loss_mask"]
+    want = np.zeros(6)
+    for r in range(6):
+        for t in range(1, ids.shape[1]):
+            want[r] += mask[r, t] * lp[r, t - 1, ids[r, t]]
+    np.testing.assert_allclose(np.asarray(logps), want, rtol=1e-5, atol=1e-4)
+    np.testing.assert_array_equal(np.asarray(ntok), mask[:, 1:].sum(1))
+    np.testing.assert_allclose(float(nll_sum), -want[:3].sum(), rtol=1e-5)
+    assert float(nll_count) == mask[:3, 1:].sum()
+
+
+@pytest.mark.parametrize("kind", ["linear", "cosine"])
+def test_schedule_matches_transformers(kind):
+    torch = pytest.importorskip("torch")
+    from transformers import get_cosine_schedule_with_warmup, get_linear_schedule_with_warmup
+
+    total, ratio, peak = 37, 0.1, 5e-5
+    warmup = opt_lib.warmup_steps_for(total, ratio)
+    assert warmup == 4  # ceil(3.7), as HF TrainingArguments.get_warmup_steps
+    sched = opt_lib.make_schedule(peak_lr=peak, total_steps=total, warmup_steps=warmup, kind=kind)
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=peak)
+    make = get_linear_schedule_with_warmup if kind == "linear" else get_cosine_schedule_with_warmup
+    hf = make(opt, warmup, total)
+    want = []
+    for _ in range(total):
+        want.append(opt.param_groups[0]["lr"])  # lr used by this update
+        opt.step()
+        hf.step()
+    got = [float(sched(i)) for i in range(total)]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-12)
+
+
+def test_bad_schedule_names_value():
+    with pytest.raises(ValueError, match="kind='cosine_x'"):
+        opt_lib.make_schedule(peak_lr=1.0, total_steps=3, warmup_steps=0, kind="cosine_x")
+
+
+@pytest.mark.parametrize("name", ["cpo", "simpo"])
+def test_grad_accum_4x2_equals_one_batch_of_8(name):
+    """SGD(lr=1) makes the parameter change equal to minus the gradient: compare gradients."""
+    model = tiny_model()
+    graphdef, trainable, frozen = split(model, lora=False)
+    batch = triplet_batch(8, seed=1)
+    batch["pair_mask"][5] = 0.0  # a padding pair: the global normalisers must skip it
+    batch["loss_mask"][5] = 0.0
+    batch["loss_mask"][8 + 5] = 0.0
+    out = {}
+    for accum in (1, 4):
+        s = settings(name=name, grad_accum=accum, tx=optax.sgd(1.0))
+        state = step_lib.init_train_state(trainable, s.tx)
+        new, metrics = STEP(graphdef, state, frozen, batch, s)
+        grads = jax.tree.map(lambda a, b: np.asarray(b) - np.asarray(a), trainable, new.trainable)
+        out[accum] = (grads, {k: float(v) for k, v in metrics.items()})
+    g1, m1 = out[1]
+    g4, m4 = out[4]
+    assert m1.keys() == m4.keys()
+    for key in m1:
+        np.testing.assert_allclose(m4[key], m1[key], rtol=1e-5, atol=1e-6, err_msg=key)
+    flat1, flat4 = jax.tree.leaves(g1), jax.tree.leaves(g4)
+    scale = max(np.abs(g).max() for g in flat1)
+    assert scale > 0
+    for a, b in zip(flat1, flat4, strict=True):
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6 * scale)
+
+
+def test_micro_batches_are_strided_and_keep_pairs_together():
+    batch = {
+        "input_ids": np.arange(16, dtype=np.int32)[:, None],
+        "pair_mask": np.arange(8, dtype=np.float32),
+    }
+    micro = step_lib.split_micro_batches(batch, 4)
+    assert micro["input_ids"].shape == (4, 4, 1)
+    # micro 1 holds pairs 1 and 5: chosen rows 1, 5 then their rejected rows 9, 13.
+    np.testing.assert_array_equal(np.asarray(micro["input_ids"][1, :, 0]), [1, 5, 9, 13])
+    np.testing.assert_array_equal(np.asarray(micro["pair_mask"][1]), [1, 5])
+    with pytest.raises(ValueError, match="grad_accum=3"):
+        step_lib.split_micro_batches(batch, 3)
+
+
+def test_lora_updates_only_adapters_and_dpo_reference_is_adapters_off():
+    model = tiny_model(lora=True)
+    graphdef, trainable, frozen = split(model, lora=True)
+    names = {"/".join(map(str, p)) for p, _ in jax.tree_util.tree_flatten_with_path(trainable)[0]}
+    assert names and all("lora_" in n for n in names)
+    frozen_before = jax.tree.map(np.asarray, frozen)
+    s = settings(name="dpo", lr=1e-2)
+    state = step_lib.init_train_state(trainable, s.tx)
+    batch = triplet_batch(4)
+    state, m0 = STEP(graphdef, state, frozen, batch, s)
+    # B = 0 at init: the policy IS the reference, so every DPO reward is exactly 0.
+    assert float(m0["rewards/chosen"]) == 0.0 and float(m0["rewards/rejected"]) == 0.0
+    np.testing.assert_allclose(float(m0["loss"]) - float(m0["nll_loss"]), np.log(2), rtol=1e-6)
+    for _ in range(3):
+        state, m = STEP(graphdef, state, frozen, batch, s)
+    assert float(m["rewards/margins"]) > 0.0
+    jax.tree.map(np.testing.assert_array_equal, frozen_before, jax.tree.map(np.asarray, frozen))
+
+
+def test_thirty_cpo_steps_learn_the_preference():
+    """Measured (seed 0, CPU): loss 6.23 -> 2.2, margin 0.03 -> 2.7, accuracy 0.5 -> 1.0."""
+    model = tiny_model()
+    graphdef, trainable, frozen = split(model, lora=False)
+    s = settings(name="cpo", lr=3e-3, steps=30, grad_accum=2)
+    state = step_lib.init_train_state(trainable, s.tx)
+    batch = triplet_batch(8, seed=3)
+    history = []
+    for _ in range(30):
+        state, metrics = STEP(graphdef, state, frozen, batch, s)
+        history.append({k: float(v) for k, v in metrics.items()})
+    first, last = history[0], history[-1]
+    print(first, last)
+    assert int(state.step) == 30
+    assert last["loss"] < first["loss"] - 2.0
+    assert last["rewards/margins"] > first["rewards/margins"] + 1.0
+    assert last["rewards/accuracies"] >= 0.99
+    assert first["rewards/accuracies"] <= 0.75
