@@ -62,31 +62,6 @@ def random_triplets(shape: BenchShape, n: int, seed: int):
     return out
 
 
-def plain_batch(triplets) -> dict:
-    """The plain batch layout (docs/DESIGN.md) of triplets: chosen rows, then rejected, right-padded."""
-    import numpy as np
-
-    b = len(triplets)
-    t = max(len(p) + max(len(c), len(r)) for p, c, r in triplets)
-    ids = np.full((2 * b, t), PAD_ID, np.int32)
-    mask = np.zeros((2 * b, t), np.int32)
-    loss = np.zeros((2 * b, t), np.float32)
-    for i, (p, c, r) in enumerate(triplets):
-        for row, resp in ((i, c), (b + i, r)):
-            seq = p + resp
-            ids[row, : len(seq)] = seq
-            mask[row, : len(seq)] = 1
-            loss[row, len(p) : len(seq)] = 1.0
-    positions = np.maximum(np.cumsum(mask, axis=1) - 1, 0).astype(np.int32)
-    return {
-        "input_ids": ids,
-        "attention_mask": mask,
-        "loss_mask": loss,
-        "positions": positions,
-        "pair_mask": np.ones((b,), np.float32),
-    }
-
-
 # ----------------------------------------------------------------------------------------- TRL
 class TrlSystem:
     """TRL CPOTrainer + PEFT LoRA on a random-init transformers LlamaForCausalLM (fp32, CPU)."""
@@ -224,7 +199,7 @@ class OursSystem:
         from flax import nnx
 
         from almol_jax.config.schema import ObjectiveSection
-        from almol_jax.data.prefix_sharing import prefix_share_batch
+        from almol_jax.data.prefix_sharing import plain_batch, prefix_share_batch
         from almol_jax.model.build import build_model
         from almol_jax.model.config import ModelConfig
         from almol_jax.model.lora import LoraConfig, LoRAParam

@@ -4,7 +4,14 @@ from pathlib import Path
 
 import pytest
 
-from almol_jax.config import RunConfig, apply_override, config_to_dict, dump_config, field_docs, load_config
+from almol_jax.config import (
+    RunConfig,
+    apply_override,
+    config_to_dict,
+    dump_config,
+    field_docs,
+    load_config,
+)
 from almol_jax.config.loader import parse_yaml
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
@@ -13,7 +20,11 @@ DOCS = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
 def test_defaults_are_the_published_recipe():
     cfg = RunConfig()
     assert (cfg.objective.name, cfg.objective.beta, cfg.objective.cpo_alpha) == ("cpo", 0.1, 1.0)
-    assert (cfg.train.learning_rate, cfg.train.warmup_ratio, cfg.train.max_grad_norm) == (5e-5, 0.1, 1.0)
+    assert (cfg.train.learning_rate, cfg.train.warmup_ratio, cfg.train.max_grad_norm) == (
+        5e-5,
+        0.1,
+        1.0,
+    )
     assert (cfg.lora.r, cfg.lora.alpha, cfg.lora.target_modules) == (64, 16.0, "all-linear")
     assert cfg.generation.max_new_tokens == 300
 
@@ -31,7 +42,8 @@ def test_default_templates_are_the_meditron_model_card_text():
         "\n\n\n### Response:"
     )
     c2s = (
-        head + "You are a researcher. You can come up molecule smile strings based on your existing "
+        head
+        + "You are a researcher. You can come up molecule smile strings based on your existing "
         "knowledge. Molecule smile strings are given against the following input. You should be as "
         "detailed as possible.\n\n### Input:\nCaption: {source} \nIn that caption, could you "
         "generate a molecule smile string?\n\n\n### Response:"
@@ -101,7 +113,9 @@ def test_unknown_override_key_suggests_nearest(override, suggestion):
 def test_unknown_yaml_key_names_path_and_suggestion(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("objective:\n  cpo_alhpa: 1.0\n")
-    with pytest.raises(ValueError, match=r"'objective.cpo_alhpa'.*did you mean 'objective.cpo_alpha'"):
+    with pytest.raises(
+        ValueError, match=r"'objective.cpo_alhpa'.*did you mean 'objective.cpo_alpha'"
+    ):
         load_config(path)
     with pytest.raises(ValueError, match=r"unknown config key 'modle'.*did you mean 'model'"):
         RunConfig.from_dict({"modle": {}})
@@ -128,7 +142,10 @@ def test_wrong_types_name_the_key(override, message):
     ("override", "message"),
     [
         ("objective.beta=0", r"objective.beta=0.0 must be > 0"),
-        ("data.max_prompt_length=600", r"data.max_prompt_length=600 must be in \[1, data.max_length=512\)"),
+        (
+            "data.max_prompt_length=600",
+            r"data.max_prompt_length=600 must be in \[1, data.max_length=512\)",
+        ),
         ("data.buckets=[256,128]", r"data.buckets=\[256, 128\] must be strictly ascending"),
         ("data.buckets=[1024]", r"data.buckets entry 1024"),
         ("train.warmup_ratio=1.5", r"train.warmup_ratio=1.5"),
@@ -137,13 +154,23 @@ def test_wrong_types_name_the_key(override, message):
         ("mesh.rules=[[batch, model]]", r"unknown mesh axis 'model'"),
         ("tokenizer.kind=hf", r"tokenizer.kind='hf' needs tokenizer.path"),
         ("objective.name=dpo", r"needs lora.enabled=true"),
-        ("data.templates.smiles2caption=no placeholder", r"data.templates.smiles2caption=.*\{source\}"),
+        (
+            "data.templates.smiles2caption=no placeholder",
+            r"data.templates.smiles2caption=.*\{source\}",
+        ),
         ("objective.label_smoothing=0.5", r"label_smoothing=0.5"),
     ],
 )
 def test_validation_names_the_value(override, message):
     with pytest.raises(ValueError, match=message):
         load_config(None, [override])
+
+
+def test_empty_section_keeps_defaults(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("lora:\n  # r: 8\ntrain:\n  steps: 2\n")
+    cfg = load_config(path)
+    assert cfg.lora == RunConfig().lora and cfg.train.steps == 2
 
 
 def test_bad_override_syntax():
@@ -177,3 +204,11 @@ def test_configuration_docs_cover_every_field():
     text = DOCS.read_text(encoding="utf-8")
     missing = [key for key, *_ in field_docs() if f"`{key}`" not in text]
     assert not missing, f"docs/configuration.md lacks {missing}"
+
+
+def test_configuration_docs_reference_is_current():
+    from almol_jax.config.schema import reference_markdown
+
+    assert reference_markdown() in DOCS.read_text(encoding="utf-8"), (
+        "regenerate the reference table of docs/configuration.md (see the command there)"
+    )

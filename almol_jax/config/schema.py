@@ -163,7 +163,12 @@ class DataSection:
     )
     shuffle: bool = _f(True, "Shuffle training rows each epoch (seeded by seed and epoch).")
     drop_last: bool = _f(False, "Drop the last incomplete global batch instead of padding it.")
-    max_examples: int | None = _f(None, "Keep only the first N rows of each split (quick runs).")
+    max_examples: int | None = _f(
+        None, "Keep only the first N examples of each split (after direction filtering)."
+    )
+    prefix_sharing: Literal["auto", "on", "off"] = _f(
+        "off", "Prompt once per pair in one row (issue 8); auto = on for pair-scoring objectives."
+    )
     builtin: str | None = _f(None, 'Embedded dataset instead of files: None or "rdkit_nci".')
 
 
@@ -366,8 +371,8 @@ def _type_name(tp: Any) -> str:
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Checks ``value`` against type ``tp`` (converting lists to tuples, ints to floats)."""
-    if dataclasses.is_dataclass(tp):
-        return _build(tp, value, key + ".")
+    if dataclasses.is_dataclass(tp):  # a section; an empty YAML section (null) keeps defaults
+        return _build(tp, {} if value is None else value, key + ".")
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     bad = ValueError(f"config key {key!r}: expected {_type_name(tp)}, got {value!r}")

@@ -1,34 +1,33 @@
-"""Static-shape batches from length buckets, a seeded resumable iterator, and per-host row splits.
+"""Static-shape batches from length buckets, a seeded resumable iterator, and per-host splits.
 
 One optimizer step consumes a GLOBAL batch of G = micro_batch_size * grad_accum pairs, all padded
 to one bucket length T (the smallest of data.buckets + [max_length] holding every row), so the
-jitted step compiles once per bucket, never per batch. Host-local arrays (numpy):
+jitted step compiles once per bucket, never per batch. ``next(iterator)`` returns the host-local
+part of that global batch in the plain layout of docs/DESIGN.md (numpy):
 
-  input_ids      int32   [A, R_h, T]   A = grad_accum, R = 2 * micro_batch_size global rows
-  attention_mask int32   [A, R_h, T]   1 on prompt + response tokens, 0 on right padding
-  loss_mask      float32 [A, R_h, T]   1 where token t is a response token (incl. EOS) predicted
-                                       from t-1 (TRL labels != -100); prompt/padding 0
-  positions      int32   [A, R_h, T]   cumsum(attention_mask) - 1, clipped at 0
-  pair_mask      float32 [A, B]        1 for a real pair, 0 for a padding pair (FULL on every host)
+  input_ids      int32   [2 G_h, T]  rows 0..G_h-1 chosen, rows G_h..2 G_h-1 the matching rejected
+  attention_mask int32   [2 G_h, T]  1 on prompt + response tokens, 0 on right padding
+  loss_mask      float32 [2 G_h, T]  1 where token t is a response token (incl. EOS) predicted from
+                                     t-1 (TRL's labels != -100); prompt and padding 0
+  positions      int32   [2 G_h, T]  cumsum(attention_mask) - 1, clipped at 0
+  pair_mask      float32 [G_h]       1 for a real pair, 0 for a padding pair
 
-Within micro-batch a the GLOBAL rows are the DESIGN.md layout: rows 0..B-1 chosen, rows B..2B-1
-the matching rejected (B = micro_batch_size). A padding pair's rows are ``BOS`` then padding
-(attention on the first position only, loss_mask 0). A pair row without a rejected response
-(SFT on pair data) repeats the chosen tokens with loss_mask 0.
+G_h = G / process_count: host h holds pairs [h G_h, (h+1) G_h) of the global batch (contiguous
+blocks in process order; G must divide by the process count). Every host tokenises the whole
+split and builds the same plan from the same seed, then materialises only its pairs. The train
+step assembles the global arrays (chosen halves and rejected halves of all hosts) and splits the
+G pairs into grad_accum micro-batches itself (almol_jax.train.step.split_micro_batches).
 
-Multi-host: every host tokenises the whole split and builds the same plan (same seed), then
-materialises only its rows ``[process_index * R/P, (process_index+1) * R/P)`` of the row axis
-(R_h = R / P; R must divide by P). This is the block a data-sharded
-``jax.make_array_from_process_local_data(sharding, local, (A, R, T))`` expects when the batch axis
-is sharded over devices in process order; ``row_range`` overrides it for other device orders.
-``pair_mask`` is tiny and given in full: place it replicated.
+A padding pair's rows are BOS then padding (attention on the first position only, loss_mask 0).
+A pair without a rejected response (SFT on (molecule, caption) pairs) repeats the chosen tokens
+in its rejected row with loss_mask 0.
 
 Plan of an epoch (deterministic in (seed, epoch)): permute the examples (if shuffle), put each in
 the smallest bucket that holds it, cut each bucket into batches of G in order, carrying a
 bucket's remainder into the next larger bucket; the one final remainder is padded with padding
 pairs (or dropped with drop_last); then permute the batch order (if shuffle). Every epoch thus has
-floor(N / G) (+1 unless drop_last) batches. The iterator state is {"epoch", "position"} plus
-fingerprints checked on restore.
+floor(N / G) (+1 unless drop_last or G divides N) batches. ``state()`` is {"epoch", "position"}
+plus fingerprints (example count, global batch, seed) that ``restore`` checks.
 """
 
 from __future__ import annotations
@@ -90,40 +89,33 @@ def plan_epoch(
     return batches
 
 
-def host_row_range(global_rows: int, process_index: int, process_count: int) -> tuple[int, int]:
-    """[start, stop) of the global rows this host materialises (contiguous, in process order)."""
+def host_pair_range(global_pairs: int, process_index: int, process_count: int) -> tuple[int, int]:
+    """[start, stop) of the global batch's pairs this host materialises (contiguous blocks)."""
     if process_count < 1 or not 0 <= process_index < process_count:
         raise ValueError(f"{process_index=} must be in [0, {process_count=})")
-    if global_rows % process_count:
+    if global_pairs % process_count:
         raise ValueError(
-            f"global rows 2 * micro_batch_size = {global_rows} do not divide by {process_count=}"
+            f"global batch of {global_pairs} pairs (micro_batch_size * grad_accum) does not divide "
+            f"by {process_count=}"
         )
-    per = global_rows // process_count
+    per = global_pairs // process_count
     return process_index * per, (process_index + 1) * per
 
 
-def _fill_row(
-    row: Row | None,
-    t_len: int,
-    bos_id: int,
-    pad_id: int,
-    with_loss: bool,
-    out: dict,
-    a: int,
-    r: int,
-) -> None:
-    if row is None:  # padding pair
-        out["input_ids"][a, r, 0] = bos_id
-        out["attention_mask"][a, r, 0] = 1
+def _fill_row(row: Row | None, out: dict, r: int, bos_id: int, with_loss: bool) -> None:
+    if row is None:  # padding pair: BOS then padding, so every row has one valid key
+        out["input_ids"][r, 0] = bos_id
+        out["attention_mask"][r, 0] = 1
         return
     ids = row.prompt_ids + row.response_ids
     n, p = len(ids), len(row.prompt_ids)
+    t_len = out["input_ids"].shape[1]
     if n > t_len:
         raise ValueError(f"row of length {n} does not fit the bucket length {t_len}")
-    out["input_ids"][a, r, :n] = ids
-    out["attention_mask"][a, r, :n] = 1
+    out["input_ids"][r, :n] = ids
+    out["attention_mask"][r, :n] = 1
     if with_loss:
-        out["loss_mask"][a, r, p:n] = 1.0
+        out["loss_mask"][r, p:n] = 1.0
 
 
 def assemble(
@@ -131,43 +123,33 @@ def assemble(
     indices: np.ndarray,
     *,
     t_len: int,
-    micro_batch_size: int,
-    grad_accum: int,
     bos_id: int,
     pad_id: int,
-    row_range: tuple[int, int] | None = None,
 ) -> dict[str, np.ndarray]:
-    """The host-local arrays of one global batch (see the module docstring for the layout)."""
-    b = micro_batch_size
-    if len(indices) != b * grad_accum:
-        raise ValueError(
-            f"{len(indices)} pair indices for micro_batch_size {b} x grad_accum {grad_accum}"
-        )
-    start, stop = row_range if row_range is not None else (0, 2 * b)
-    if not 0 <= start < stop <= 2 * b:
-        raise ValueError(f"row_range={row_range} must lie within [0, {2 * b}]")
-    shape = (grad_accum, stop - start, t_len)
+    """The plain-layout arrays of the pairs ``indices`` (PAD_INDEX = padding pair).
+
+    Rows 0..B-1 are the chosen rows, rows B..2B-1 the matching rejected rows (B = len(indices)).
+    """
+    b = len(indices)
+    shape = (2 * b, t_len)
     out = {
         "input_ids": np.full(shape, pad_id, dtype=np.int32),
         "attention_mask": np.zeros(shape, dtype=np.int32),
         "loss_mask": np.zeros(shape, dtype=np.float32),
     }
-    pair_idx = np.asarray(indices).reshape(grad_accum, b)
-    for a in range(grad_accum):
-        for r, g in enumerate(range(start, stop)):
-            i = int(pair_idx[a, g % b])
-            if i == PAD_INDEX:
-                _fill_row(None, t_len, bos_id, pad_id, False, out, a, r)
-                continue
-            ex = examples[i]
-            if g < b:
-                _fill_row(ex.chosen, t_len, bos_id, pad_id, True, out, a, r)
-            elif ex.rejected is not None:
-                _fill_row(ex.rejected, t_len, bos_id, pad_id, True, out, a, r)
-            else:  # pair data (SFT): repeat the chosen row, no loss
-                _fill_row(ex.chosen, t_len, bos_id, pad_id, False, out, a, r)
+    for j, i in enumerate(np.asarray(indices).tolist()):
+        if i == PAD_INDEX:
+            _fill_row(None, out, j, bos_id, False)
+            _fill_row(None, out, b + j, bos_id, False)
+            continue
+        ex = examples[i]
+        _fill_row(ex.chosen, out, j, bos_id, True)
+        if ex.rejected is not None:
+            _fill_row(ex.rejected, out, b + j, bos_id, True)
+        else:  # pair data (SFT): repeat the chosen row, without loss
+            _fill_row(ex.chosen, out, b + j, bos_id, False)
     out["positions"] = np.maximum(np.cumsum(out["attention_mask"], axis=-1) - 1, 0).astype(np.int32)
-    out["pair_mask"] = (pair_idx != PAD_INDEX).astype(np.float32)
+    out["pair_mask"] = (np.asarray(indices) != PAD_INDEX).astype(np.float32)
     return out
 
 
@@ -194,7 +176,6 @@ class BatchIterator:
         loop: bool = True,
         process_index: int = 0,
         process_count: int = 1,
-        row_range: tuple[int, int] | None = None,
     ):
         if micro_batch_size < 1 or grad_accum < 1:
             raise ValueError(f"{micro_batch_size=} and {grad_accum=} must be >= 1")
@@ -206,9 +187,7 @@ class BatchIterator:
         self.lengths = bucket_lengths(buckets, max_length)
         self.bos_id, self.pad_id = int(bos_id), int(pad_id)
         self.seed, self.shuffle, self.drop_last, self.loop = seed, shuffle, drop_last, loop
-        self.row_range = row_range or host_row_range(
-            2 * micro_batch_size, process_index, process_count
-        )
+        self.pair_range = host_pair_range(self.global_batch, process_index, process_count)
         self._example_lengths = [ex.length for ex in self.examples]
         for ex, n in zip(self.examples, self._example_lengths, strict=True):
             if n > max_length:
@@ -233,7 +212,6 @@ class BatchIterator:
         train: bool = True,
         process_index: int = 0,
         process_count: int = 1,
-        row_range: tuple[int, int] | None = None,
         seed: int | None = None,
     ) -> BatchIterator:
         """The training (shuffled, looping) or validation (ordered, one pass) iterator of a RunConfig."""
@@ -252,7 +230,6 @@ class BatchIterator:
             loop=train,
             process_index=process_index,
             process_count=process_count,
-            row_range=row_range,
         )
 
     def plan(self, epoch: int) -> list[tuple[int, np.ndarray]]:
@@ -308,18 +285,25 @@ class BatchIterator:
             if not self.loop:
                 raise StopIteration
             self.epoch, self.position = self.epoch + 1, 0
-        t_len, indices = self.plan(self.epoch)[self.position]
+        batch = self._batch(self.epoch, self.position)
         self.position += 1
+        return batch
+
+    def _batch(self, epoch: int, position: int) -> dict[str, np.ndarray]:
+        t_len, indices = self.plan(epoch)[position]
+        start, stop = self.pair_range
         return assemble(
-            self.examples,
-            indices,
-            t_len=t_len,
-            micro_batch_size=self.micro_batch_size,
-            grad_accum=self.grad_accum,
-            bos_id=self.bos_id,
-            pad_id=self.pad_id,
-            row_range=self.row_range,
+            self.examples, indices[start:stop], t_len=t_len, bos_id=self.bos_id, pad_id=self.pad_id
         )
+
+    def peek(self) -> dict[str, np.ndarray]:
+        """The batch ``next()`` would return, without advancing (e.g. to compile ahead)."""
+        epoch, position = self.epoch, self.position
+        if position >= self.batches_per_epoch:
+            if not self.loop:
+                raise StopIteration
+            epoch, position = epoch + 1, 0
+        return self._batch(epoch, position)
 
     def padding_stats(self, epoch: int = 0) -> dict[str, Any]:
         """Bucket use and padding shares of an epoch's plan (for the data report)."""

@@ -154,6 +154,33 @@ def bucket_up(n: int, buckets: Sequence[int] = (), multiple: int = 64) -> int:
     return int(-(-n // multiple) * multiple)
 
 
+def plain_batch(triplets, *, row_len: int | None = None, pad_id: int = 0) -> dict:
+    """The plain layout (DESIGN.md) of (prompt, chosen, rejected) id lists, right-padded: rows
+    0..B-1 are prompt+chosen, B..2B-1 prompt+rejected; loss_mask on the response tokens."""
+    b = len(triplets)
+    longest = max(len(p) + max(len(c), len(r)) for p, c, r in triplets)
+    t = longest if row_len is None else row_len
+    if t < longest:
+        raise ValueError(f"{row_len=} is shorter than the longest sequence ({longest} tokens)")
+    ids = np.full((2 * b, t), pad_id, np.int32)
+    mask = np.zeros((2 * b, t), np.int32)
+    loss = np.zeros((2 * b, t), np.float32)
+    for i, (p, c, r) in enumerate(triplets):
+        for row, resp in ((i, c), (b + i, r)):
+            n = len(p) + len(resp)
+            ids[row, :n] = list(p) + list(resp)
+            mask[row, :n] = 1
+            loss[row, len(p) : n] = 1.0
+    positions = np.maximum(np.cumsum(mask, axis=1) - 1, 0).astype(np.int32)
+    return {
+        "input_ids": ids,
+        "attention_mask": mask,
+        "loss_mask": loss,
+        "positions": positions,
+        "pair_mask": np.ones((b,), np.float32),
+    }
+
+
 def plain_to_triplets(plain_batch) -> tuple[list, np.ndarray]:
     """Splits a plain batch (DESIGN.md) into (prompt, chosen, rejected) id lists and its pair_mask.
 
@@ -180,7 +207,7 @@ def plain_to_triplets(plain_batch) -> tuple[list, np.ndarray]:
     for i in range(b):
         p_c, chosen = split(i)
         p_r, rejected = split(b + i)
-        if p_c != p_r:
+        if pair_mask[i] > 0 and p_c != p_r:
             raise ValueError(f"pair {i}: chosen and rejected rows hold different prompts")
         if pair_mask[i] > 0 and not p_c:
             raise ValueError(f"pair {i}: empty prompt (a response token needs a predecessor)")

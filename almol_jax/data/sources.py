@@ -3,6 +3,7 @@
 Every row becomes an :class:`Example` (source, chosen, rejected or None, direction, origin):
 - preference rows: columns source / chosen / rejected / direction (names from data.columns);
 - pair rows (molecule, caption): expanded to both directions, rejected None (SFT, evaluation);
+  ChEBI-20's escaped double backslash in SMILES is read as one backslash;
 - the scorer's TSV (header ``SMILES|description<TAB>ground truth<TAB>output``, no quoting): a
   triplet with gold = chosen, output = rejected, direction from the first header cell.
 
@@ -221,6 +222,8 @@ def read_examples(
             ]
         else:
             molecule, caption = _text(row.get(mol)), _text(row.get(cap))
+            if molecule is not None:  # ChEBI-20 escapes "\" as "\\" (never valid SMILES)
+                molecule = molecule.replace("\\\\", "\\")
             rows = [
                 (molecule, caption, None, "smiles2caption"),
                 (caption, molecule, None, "caption2smiles"),

@@ -191,12 +191,12 @@ def _s2c_chunk(state, rows):
 def _resolve_text_resources(options: EvalOptions, resources: Resources):
     """(WordPiece or None, MeteorScorer or None), honouring ``skip_unavailable``."""
     from almol_jax.eval import resources as res
-    from almol_jax.eval.text import MeteorScorer, WordPiece
+    from almol_jax.eval.text import meteor_scorer, wordpiece
 
     tokenizer = meteor = None
     try:
         vocab = res.find_scibert_vocab(options.scibert_vocab)
-        tokenizer = WordPiece(vocab)
+        tokenizer = wordpiece(str(vocab))
         resources.scibert_vocab = str(vocab)
         resources.scibert_vocab_sha256 = res.sha256_file(vocab)
     except MissingResourceError as e:
@@ -206,7 +206,7 @@ def _resolve_text_resources(options: EvalOptions, resources: Resources):
         return None, None
     try:
         source = res.find_wordnet(options.wordnet_dir)
-        meteor = MeteorScorer(source)
+        meteor = meteor_scorer(source)
         resources.wordnet_source = source.source
         resources.wordnet_version = meteor.wordnet_version
     except MissingResourceError as e:

@@ -12,6 +12,7 @@ An output starting with ``"[CLS] "`` loses that prefix first, as in the referenc
 
 from __future__ import annotations
 
+import functools
 import os
 
 from collections.abc import Sequence
@@ -94,7 +95,11 @@ class _MemoStemmer:
 
 
 class MeteorScorer:
-    """nltk METEOR with memoised WordNet and stemmer; pickles as its WordNet source only."""
+    """nltk METEOR with memoised WordNet and stemmer; pickles as its WordNet source only.
+
+    Loading WordNet takes seconds, so :func:`meteor_scorer` keeps a few loaded scorers per
+    process (a cache of read-only data: repeated validation runs reuse it).
+    """
 
     def __init__(self, wordnet_source):
         from almol_jax.eval.resources import load_wordnet
@@ -131,6 +136,18 @@ class MeteorScorer:
                 wordnet=self._wordnet,
             )
         )
+
+
+@functools.lru_cache(maxsize=4)
+def meteor_scorer(wordnet_source) -> MeteorScorer:
+    """A (cached) :class:`MeteorScorer` for a :class:`~almol_jax.eval.resources.WordNetSource`."""
+    return MeteorScorer(wordnet_source)
+
+
+@functools.lru_cache(maxsize=4)
+def wordpiece(vocab_path: str) -> WordPiece:
+    """A (cached) :class:`WordPiece` tokenizer for a vocab.txt path."""
+    return WordPiece(vocab_path)
 
 
 def lcs_length(a: Sequence, b: Sequence) -> int:

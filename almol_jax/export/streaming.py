@@ -146,6 +146,7 @@ def write_safetensors_file(
     try:
         if handle is not None:
             handle.write(_header_bytes(specs, metadata or {"format": "pt"}))
+            handle.flush()
         for spec in specs:
             values = spec.fetch()
             if handle is None:
@@ -158,6 +159,7 @@ def write_safetensors_file(
                     f"tensor {spec.name!r}: fetched shape {values.shape} != planned {spec.shape}"
                 )
             handle.write(_as_bytes_view(values.astype(spec.dtype, copy=False)))
+            handle.flush()  # hand each tensor to the OS before fetching the next
             del values
     finally:
         if handle is not None:

@@ -21,17 +21,22 @@ from almol_jax.generation.settings import DecodeSettings
 
 
 def encode_prompts(
-    tokenizer: Any, prompts: Sequence[str], *, bos_id: int | None, max_length: int
+    tokenizer: Any, prompts: Sequence[str], *, add_bos: bool, max_length: int
 ) -> list[list[int]]:
-    """BOS (when given) + the prompt's tokens, cut to the last `max_length` tokens (BOS kept)."""
+    """Prompt ids exactly as training sees them (data.tokenize.prompt_ids: BOS + tokens); a
+    prompt longer than `max_length` keeps its BOS and its last tokens (the training policy)."""
+    from almol_jax.data.tokenize import prompt_ids
+
+    if max_length < 2:
+        raise ValueError(f"max_length={max_length} leaves no room for prompt tokens")
     out = []
     for text in prompts:
-        ids = list(tokenizer.encode(text, add_special_tokens=False))
-        room = max_length - (bos_id is not None)
-        if room < 1:
-            raise ValueError(f"max_length={max_length} leaves no room for prompt tokens")
-        ids = ids[-room:]
-        out.append(([bos_id] if bos_id is not None else []) + ids)
+        ids = prompt_ids(tokenizer, text, add_bos=add_bos)
+        if len(ids) > max_length:
+            keep_bos = add_bos and ids[0] == tokenizer.bos_token_id
+            tail = max_length - 1 if keep_bos else max_length
+            ids = ([ids[0]] if keep_bos else []) + ids[len(ids) - tail :]
+        out.append(ids)
     return out
 
 
@@ -84,14 +89,20 @@ def generate_token_ids(
     *,
     key: jax.Array | None = None,
     adapters: bool = True,
+    eos_ids: Sequence[int] | None = None,
     mesh=None,
     rules=None,
     on_batch: Callable[[int, int], None] | None = None,
 ) -> list[list[int]]:
-    """Decodes already-encoded prompts (each BOS + tokens); returns output ids without EOS."""
+    """Decodes already-encoded prompts (each BOS + tokens); returns output ids without EOS.
+
+    `eos_ids` defaults to the model config's EOS. With sampling, batch n uses
+    `fold_in(key, n)`, so a run is reproducible for a given key, prompts and settings.
+    """
     settings = settings.validate()
     config = model.config
-    eos_ids, pad_id = eos_ids_of(config), pad_id_of(config)
+    eos_ids = tuple(eos_ids) if eos_ids is not None else eos_ids_of(config)
+    pad_id = pad_id_of(config)
     split = split_model(model, adapters=adapters)
     sharding = None
     if mesh is not None:
@@ -108,7 +119,7 @@ def generate_token_ids(
             ids_BP, mask_BP = jax.device_put(ids_BP, sharding), jax.device_put(mask_BP, sharding)
         batch_key = None if key is None else jax.random.fold_in(key, n)
         tokens_BN, lengths_B = decode_tokens(
-            model, ids_BP, mask_BP, settings=settings, key=batch_key, split=split
+            model, ids_BP, mask_BP, settings=settings, key=batch_key, split=split, eos_ids=eos_ids
         )
         for row, i in enumerate(idx):
             outputs[i] = strip_output(tokens_BN[row], int(lengths_B[row]), eos_ids)
@@ -130,18 +141,24 @@ def generate_texts(
     rules=None,
     on_batch: Callable[[int, int], None] | None = None,
 ) -> list[str]:
-    """Generates one output string per prompt (see the module docstring)."""
+    """Generates one output string per prompt (see the module docstring).
+
+    Rows stop at the model config's EOS or the tokenizer's EOS (the one training appends).
+    """
     settings = settings.validate()
-    bos = model.config.bos_token_id if add_bos else None
     prompt_ids = encode_prompts(
-        tokenizer, prompts, bos_id=bos, max_length=settings.prompt_buckets[-1]
+        tokenizer, prompts, add_bos=add_bos, max_length=settings.prompt_buckets[-1]
     )
+    eos_ids = set(eos_ids_of(model.config))
+    if getattr(tokenizer, "eos_token_id", None) is not None:
+        eos_ids.add(int(tokenizer.eos_token_id))
     out_ids = generate_token_ids(
         model,
         prompt_ids,
         settings,
         key=key,
         adapters=adapters,
+        eos_ids=tuple(sorted(eos_ids)),
         mesh=mesh,
         rules=rules,
         on_batch=on_batch,

@@ -6,6 +6,8 @@ variable's logical names and the rules, so no device ever holds a full unsharded
 
 from __future__ import annotations
 
+import functools
+
 import jax
 from flax import nnx
 from jax.sharding import Mesh
@@ -16,10 +18,32 @@ from almol_jax.model.lora import LoraConfig
 from almol_jax.sharding import Rules, state_shardings
 
 
+@functools.lru_cache(maxsize=32)
 def abstract_model(config: ModelConfig, *, lora: LoraConfig | None = None):
-    """(graphdef, abstract state) of the model: shapes, dtypes and metadata, no memory."""
+    """(graphdef, abstract state) of the model: shapes, dtypes and metadata, no memory.
+
+    Cached per (config, lora); the returned state must be treated as read-only.
+    """
     abstract = nnx.eval_shape(lambda: LlamaForCausalLM(config, lora=lora, rngs=nnx.Rngs(0)))
     return nnx.split(abstract)
+
+
+_SELECTIONS = {"all": ..., "non_param": nnx.Not(nnx.Param)}
+
+
+@functools.lru_cache(maxsize=32)
+def _jitted_init(config, lora, mesh, rules, only: str):
+    """One compiled init per (config, lora, mesh, rules, selection)."""
+    selection = _SELECTIONS[only]
+
+    def init(key):
+        model = LlamaForCausalLM(config, lora=lora, rngs=nnx.Rngs(key))
+        return nnx.state(model, selection)
+
+    if mesh is None:
+        return jax.jit(init)
+    abstract = jax.eval_shape(init, jax.random.key(0))
+    return jax.jit(init, out_shardings=state_shardings(abstract, mesh, rules))
 
 
 def init_state(
@@ -29,22 +53,19 @@ def init_state(
     key: jax.Array,
     mesh: Mesh | None = None,
     rules: Rules | None = None,
-    only: nnx.filterlib.Filter = ...,
+    only: str = "all",
 ) -> nnx.State:
-    """Random-init state of the variables matching `only`, sharded on `mesh` when given.
-
-    Variables not selected are never materialised (XLA drops their init).
+    """Random-init state of the variables selected by `only` ("all" or "non_param"), sharded on
+    `mesh` when given. Variables not selected are never materialised (XLA drops their init).
     """
-
-    def init(key):
-        model = LlamaForCausalLM(config, lora=lora, rngs=nnx.Rngs(key))
-        return nnx.state(model, only)
-
-    if mesh is None:
-        return jax.jit(init)(key)
-    abstract = jax.eval_shape(init, key)
-    shardings = state_shardings(abstract, mesh, rules)
-    return jax.jit(init, out_shardings=shardings)(key)
+    if only not in _SELECTIONS:
+        raise ValueError(f"only={only!r} not in {sorted(_SELECTIONS)}")
+    rules = (
+        None
+        if rules is None
+        else tuple((k, v if not isinstance(v, list) else tuple(v)) for k, v in rules)
+    )
+    return _jitted_init(config, lora, mesh, rules, only)(key)
 
 
 def build_model(
@@ -102,6 +123,6 @@ def load_model(
         key=jax.random.key(seed),
         mesh=mesh,
         rules=rules,
-        only=nnx.Not(nnx.Param),
+        only="non_param",
     )
     return nnx.merge(graphdef, params, rest)

@@ -32,7 +32,8 @@ def _best_fn(metrics: dict) -> float:
 def _abstract(tree):
     """ShapeDtypeStructs (with shardings) of a tree of arrays: an Orbax restore target."""
     return jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)), tree
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
+        tree,
     )
 
 
@@ -54,7 +55,9 @@ class RunCheckpointer:
         if keep_best:
             policies.append(
                 cm.BestN(
-                    get_metric_fn=lambda m: -_best_fn(m), n=1, keep_checkpoints_without_metrics=False
+                    get_metric_fn=lambda m: -_best_fn(m),
+                    n=1,
+                    keep_checkpoints_without_metrics=False,
                 )
             )
         options = ocp.CheckpointManagerOptions(
@@ -68,7 +71,9 @@ class RunCheckpointer:
         self.directory = Path(run_dir).absolute() / CHECKPOINTS
         self.manager = ocp.CheckpointManager(self.directory, options=options)
 
-    def save(self, step: int, state, meta: dict[str, Any], *, val_loss: float | None = None) -> None:
+    def save(
+        self, step: int, state, meta: dict[str, Any], *, val_loss: float | None = None
+    ) -> None:
         """Saves `state` (TrainState: trainable, opt_state) and `meta` as checkpoint `step`."""
         args = ocp.args.Composite(
             trainable=ocp.args.StandardSave(state.trainable),

@@ -165,7 +165,9 @@ def split_indexed_micro_batches(batch, num_micro: int):
     """
     rows = batch["input_ids"].shape[0]
     if rows % num_micro:
-        raise ValueError(f"{rows=} indexed rows do not split into grad_accum={num_micro} micro-batches")
+        raise ValueError(
+            f"{rows=} indexed rows do not split into grad_accum={num_micro} micro-batches"
+        )
     per = rows // num_micro
     return {
         k: jnp.swapaxes(v.reshape((per, num_micro) + v.shape[1:]), 0, 1) for k, v in batch.items()

@@ -36,7 +36,9 @@ def response_logprobs(model, batch) -> tuple[jax.Array, jax.Array, jax.Array, ja
         return indexed_response_logprobs(model, batch)
     input_ids_BT = batch["input_ids"]
     if input_ids_BT.shape[0] % 2:
-        raise ValueError(f"batch has {input_ids_BT.shape[0]=} rows; expected chosen + rejected (2B)")
+        raise ValueError(
+            f"batch has {input_ids_BT.shape[0]=} rows; expected chosen + rejected (2B)"
+        )
     logits_BTV = model(
         input_ids_BT,
         attention_mask_BT=batch["attention_mask"],

@@ -101,7 +101,11 @@ def _join_halves(batch):
 
 
 def _finite_tree(tree) -> jax.Array:
-    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating)]
+    leaves = [
+        jnp.all(jnp.isfinite(x))
+        for x in jax.tree.leaves(tree)
+        if jnp.issubdtype(x.dtype, jnp.floating)
+    ]
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
 
 
@@ -157,9 +161,9 @@ def run_training(
     (checkpoint, then return) like SIGTERM does.
     """
     from almol_jax.config import dump_config
+    from almol_jax.train import data_setup
     from almol_jax.train.distributed import maybe_initialize
     from almol_jax.train.setup import build_run_model, make_run_mesh
-    from almol_jax.train import data_setup
 
     maybe_initialize(cfg.mesh)
     num_processes = jax.process_count()
@@ -197,9 +201,7 @@ def run_training(
     trainable_sh = full_shardings(trainable, mesh, rules)
     frozen_sh = full_shardings(frozen, mesh, rules)
     state_sh = step_lib.state_shardings(trainable_sh, tx, trainable, replicated)
-    state = jax.jit(
-        lambda tr: step_lib.init_train_state(tr, tx), out_shardings=state_sh
-    )(trainable)
+    state = jax.jit(lambda tr: step_lib.init_train_state(tr, tx), out_shardings=state_sh)(trainable)
     del trainable
 
     ckpt = RunCheckpointer(
@@ -244,7 +246,9 @@ def run_training(
         for i, host_batch in enumerate(data.validation()):
             if t.eval_batches and i >= t.eval_batches:
                 break
-            m = _host_metrics(eval_fn(graphdef, state.trainable, frozen, place(host_batch), settings))
+            m = _host_metrics(
+                eval_fn(graphdef, state.trainable, frozen, place(host_batch), settings)
+            )
             n = m.pop("num_pairs")
             pairs += n
             for k, v in m.items():
@@ -291,7 +295,12 @@ def run_training(
         host["tokens_per_sec"] = host.pop("num_tokens") / max(now - tick, 1e-9)
         tick = now
         last_train = host
-        progress.update(1, loss=f"{host['loss']:.4f}", lr=f"{host['lr']:.2e}", tok_s=f"{host['tokens_per_sec']:.0f}")
+        progress.update(
+            1,
+            loss=f"{host['loss']:.4f}",
+            lr=f"{host['lr']:.2e}",
+            tok_s=f"{host['tokens_per_sec']:.0f}",
+        )
         if done % t.log_every == 0 or done == total_steps:
             logger.log(done, {k: host[k] for k in LOGGED + ("tokens_per_sec",)})
 
@@ -307,7 +316,9 @@ def run_training(
             pending = (step, metrics)
             at_end = step == total_steps
             do_eval = data.has_validation and (step % eval_every == 0 or at_end)
-            do_save = (cfg.checkpoint.every and step % cfg.checkpoint.every == 0) or at_end or do_eval
+            do_save = (
+                (cfg.checkpoint.every and step % cfg.checkpoint.every == 0) or at_end or do_eval
+            )
             stop_now = stop.agreed()
             if do_eval or do_save or stop_now:
                 drain()

@@ -31,10 +31,9 @@ import jax.numpy as jnp
 import optax
 from flax import nnx, struct
 
-from almol_jax.train import losses
 from almol_jax.train import chunked_logprobs as indexed
+from almol_jax.train import losses
 from almol_jax.train.logprobs import response_logprobs
-
 
 
 @struct.dataclass
@@ -54,8 +53,6 @@ class StepSettings:
     grad_accum: int
     tx: optax.GradientTransformation
     schedule: Any  # optax schedule, for the lr metric
-
-
 
 
 def _pair_mask(batch) -> jax.Array:
@@ -84,7 +81,9 @@ def split_micro_batches(batch, num_micro: int):
         return indexed.split_indexed_micro_batches(batch, num_micro)
     num_pairs = batch["input_ids"].shape[0] // 2
     if num_pairs % num_micro:
-        raise ValueError(f"{num_pairs=} pairs do not split into grad_accum={num_micro} micro-batches")
+        raise ValueError(
+            f"{num_pairs=} pairs do not split into grad_accum={num_micro} micro-batches"
+        )
     per = num_pairs // num_micro
 
     def rows(x):  # [B, ...] -> [M, B/M, ...] with micro m = rows m, m+M, ...
@@ -206,7 +205,9 @@ def eval_step(graphdef, trainable, frozen, batch, settings: StepSettings):
 
 def init_train_state(trainable, tx: optax.GradientTransformation) -> TrainState:
     """A fresh TrainState (step 0) for the trainable variables (call under jit for sharding)."""
-    return TrainState(trainable=trainable, opt_state=tx.init(trainable), step=jnp.zeros((), jnp.int32))
+    return TrainState(
+        trainable=trainable, opt_state=tx.init(trainable), step=jnp.zeros((), jnp.int32)
+    )
 
 
 def state_shardings(trainable_shardings, tx: optax.GradientTransformation, trainable, replicated):

@@ -41,7 +41,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"demo dataset: {paths.root}")
     print(
         json.dumps(
-            {k: report[k] for k in ("molecules", "scaffolds", "splits", "captions", "seconds")},
+            {
+                k: report[k]
+                for k in ("molecules", "scaffolds", "splits", "captions", "tokenizer", "seconds")
+            },
             indent=2,
         )
     )

@@ -2,8 +2,8 @@
 splits, nearest-neighbour preference triplets in both directions, and a SentencePiece tokenizer.
 
 ``build_demo_dataset(params, cache_dir)`` returns :class:`DemoPaths`. The build lands in
-``<cache_dir>/<version hash>`` where the hash covers the parameters, the format version, the
-molecule file's bytes and the rdkit/sentencepiece versions, so a changed input builds afresh and an
+``<cache_dir>/<version hash>`` where the hash covers the parameters, the format version, this
+package's source code, the molecule file's bytes and the rdkit/sentencepiece versions, so a changed input builds afresh and an
 unchanged one is reused. The build writes to a temporary sibling folder and renames it into place,
 so a crashed or concurrent build never leaves a half-written cache entry.
 
@@ -34,6 +34,7 @@ import sentencepiece
 from rdkit import Chem
 from tqdm.auto import tqdm
 
+from almol_jax.config.schema import MEDITRON_CAPTION2SMILES, MEDITRON_SMILES2CAPTION
 from almol_jax.data.demo.captions import render_caption
 from almol_jax.data.demo.facts import compute_facts
 from almol_jax.data.demo.molecules import load_molecules, nci_path
@@ -44,17 +45,11 @@ from almol_jax.data.demo.tokenizer_sp import train_sentencepiece
 FORMAT_VERSION = 1
 DIRECTIONS = ("smiles2caption", "caption2smiles")
 
-# Text of the ALMol prompt templates, added to the tokenizer's training text so prompts tokenise
-# compactly. The run's templates live in its config; pass them as DemoParams.extra_texts.
-ALMOL_PROMPT_TEXTS: tuple[str, ...] = (
-    "Below is an instruction that describes a task, paired with an input that provides further context. "
-    "Write a response that appropriately completes the request.\n\n### Instruction:\n",
-    "You are a researcher. You can come up captions based on your existing knowledge. Captions are given "
-    "against the following input. You should be as detailed as possible.",
-    "You are a researcher. You can come up molecule smile strings based on your existing knowledge. "
-    "Molecule smile strings are given against the following input. You should be as detailed as possible.",
-    "\n\n### Input:\nMolecule:  \nIn that molecule, could you formulate a caption about?\n\n\n### Response:",
-    "\n\n### Input:\nCaption:  \nIn that caption, could you generate a molecule smile string?\n\n\n### Response:",
+# The default prompt templates' text (from the config schema, {source} removed) is added to the
+# tokenizer's training text so prompts tokenise compactly; pass a run's own templates as
+# DemoParams.extra_texts.
+ALMOL_PROMPT_TEXTS: tuple[str, ...] = tuple(
+    t.replace("{source}", "") for t in (MEDITRON_SMILES2CAPTION, MEDITRON_CAPTION2SMILES)
 )
 
 
@@ -124,11 +119,20 @@ def version_hash(params: DemoParams) -> str:
     key = {
         "params": dataclasses.asdict(params),
         "format": FORMAT_VERSION,
+        "code_sha256": _code_hash(),
         "source_sha256": hashlib.sha256(source.read_bytes()).hexdigest(),
         "rdkit": rdkit.__version__,
         "sentencepiece": sentencepiece.__version__,
     }
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _code_hash() -> str:
+    """sha256 of this package's source files, so a code change never reuses a stale cache."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
 
 
 def build_demo_dataset(
@@ -229,11 +233,16 @@ def _build_into(params: DemoParams, paths: DemoPaths, *, progress: bool) -> None
     train_sentencepiece(
         [captions[i] for i in train]
         + [molecules[i].smiles for i in train]
-        + list(params.extra_texts),
+        + list(params.extra_texts) * max(1, len(train) // 4),  # weighted: every prompt repeats them
         paths.tokenizer_dir,
         vocab_size=params.vocab_size,
     )
     t_tokenizer = time.perf_counter()
+    sp = sentencepiece.SentencePieceProcessor(
+        model_file=str(paths.tokenizer_dir / "tokenizer.model")
+    )
+    caption_tokens = np.array([len(ids) for ids in sp.encode(captions)])
+    smiles_tokens = np.array([len(ids) for ids in sp.encode([m.smiles for m in molecules])])
     words = np.array([len(c.split()) for c in captions])
     report = {
         "format_version": FORMAT_VERSION,
@@ -244,7 +253,12 @@ def _build_into(params: DemoParams, paths: DemoPaths, *, progress: bool) -> None
         "scaffolds": len(set(scaffolds)),
         "splits": report_splits,
         "captions": {"distinct": len(set(captions)), "words": _stats(words)},
-        "tokenizer": {"vocab_size": params.vocab_size, "dir": "tokenizer"},
+        "tokenizer": {
+            "vocab_size": sp.get_piece_size(),
+            "dir": "tokenizer",
+            "caption_tokens": _stats(caption_tokens),
+            "smiles_tokens": _stats(smiles_tokens),
+        },
         "seconds": {
             "captions": round(t_captions - t0, 3),
             "splits_neighbours": round(t_neighbours - t_captions, 3),

@@ -104,7 +104,7 @@ def join_list(items: list[str]) -> str:
 
 def class_phrases(facts: MoleculeFacts) -> list[str]:
     """Class-like phrases true of the molecule, most specific first."""
-    out = [c for key, _n in facts.groups if (c := _GROUP_BY_KEY[key].class_phrase) and c not in ()]
+    out = [c for key, _n in facts.groups if (c := _GROUP_BY_KEY[key].class_phrase)]
     out += [f"an organo{HALOGENS[x].removesuffix('o')}ine compound" for x, _n in facts.halogens]
     out += [_RING_CLASS[name] for name, _n in facts.named_rings]
     if not facts.heteroatoms:
@@ -161,7 +161,8 @@ def render_caption(
     optional: list[tuple[int, str]] = []
     if facts.heteroatoms and rng.random() < 0.5:
         names = [ELEMENT_NAMES.get(x, x) for x in facts.heteroatoms]
-        optional.append((8, rng.choice(HETERO).format(items=join_list(names))))
+        options = HETERO if len(names) > 1 else (HETERO[0], "Its only heteroatom is {items}.")
+        optional.append((8, rng.choice(options).format(items=join_list(names))))
     elif not facts.heteroatoms:
         optional.append((8, rng.choice(HYDROCARBON)))
     if facts.named_rings and rng.random() < 0.7:

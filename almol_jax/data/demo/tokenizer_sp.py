@@ -4,8 +4,9 @@ LLaMA-style: BPE with byte fallback (any UTF-8 text round-trips), ``<unk>=0, <s>
 ``<pad>=3``, identity normalisation, digits split, a dummy prefix space. Trained on the training
 split's captions and SMILES plus the prompt templates' text; written as ``tokenizer.model`` +
 ``tokenizer_config.json`` + ``special_tokens_map.json`` (no BOS/EOS added by the tokenizer: the
-data pipeline adds BOS and EOS itself), then loaded once with ``AutoTokenizer`` and re-saved, which
-adds the fast ``tokenizer.json``.
+data pipeline adds BOS and EOS itself). ``AutoTokenizer.from_pretrained(dir)`` gives a
+``LlamaTokenizer`` (transformers 5 converts the model to its fast backend on load) whose ids equal
+sentencepiece's own. The model bytes are deterministic for the same training text.
 """
 
 from __future__ import annotations

@@ -1,0 +1,261 @@
+"""Evaluate a trained checkpoint: generate for each direction, write predictions, score them.
+
+`evaluate_checkpoint(cfg, run_dir_or_step, split, directions, limit, output_dir, adapters)`
+restores the run (`restore_for_inference`), reads the split's rows from `cfg.data` (pair files
+expand to both directions; preference / scorer-TSV rows use their gold as the reference), builds
+each prompt from the templates, decodes with `cfg.generation` (greedy by default, the paper's
+setting), writes `<output_dir>/<direction>/predictions.tsv` in the scorer's TSV format and the
+evaluator's report (metrics.json, metrics.md, per_row.csv, plots) next to it, and returns
+{direction: metrics}. `adapters=False` evaluates the base model of the same run: for a LoRA run
+the adapters are switched off, for a full fine-tune the base is rebuilt without the checkpoint;
+this gives before/after tables from one code path.
+
+eval.py's `--config/--checkpoint` mode is `add_checkpoint_arguments` + `run_checkpoint_cli`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+ADAPTER_CHOICES = ("on", "off")
+
+
+def _directions(directions: str | Sequence[str]) -> tuple[str, ...]:
+    from almol_jax.config import directions_of
+
+    return tuple(directions_of(directions))
+
+
+def _one_line(text: str) -> str:
+    """The scorer's TSV has one row per line and no quoting: tabs and newlines become spaces."""
+    return re.sub(r"[\t\r\n]+", " ", text).strip()
+
+
+def default_output_dir(run_dir: Path, step: int | str, split: str, adapters: bool) -> Path:
+    """<run_dir>/eval/<split>-step<step>[-adapters_off]."""
+    suffix = "" if adapters else "-adapters_off"
+    return run_dir / "eval" / f"{split}-step{step}{suffix}"
+
+
+def run_and_step(path: str | Path) -> tuple[Path, int | None]:
+    """(run_dir, explicit step or None) of a run directory or a <run_dir>/checkpoints/<step>."""
+    path = Path(path).absolute()
+    if (path / "config.yaml").is_file():
+        return path, None
+    if path.name.isdigit() and (path.parent.parent / "config.yaml").is_file():
+        return path.parent.parent, int(path.name)
+    raise ValueError(
+        f"checkpoint {str(path)!r} is neither a run directory (with config.yaml) nor a "
+        "<run_dir>/checkpoints/<step> folder"
+    )
+
+
+def load_for_eval(run_dir_or_step: str | Path, *, adapters: bool, step: str | int = "best"):
+    """(run_config, model, tokenizer, run_dir, step, use_adapters) for evaluation.
+
+    For a full fine-tune with adapters off the model is the run's base, rebuilt from its config.
+    """
+    from almol_jax.train.checkpoint import best_step, latest_step, restore_for_inference
+
+    run_dir, explicit = run_and_step(run_dir_or_step)
+    if explicit is not None:
+        chosen = explicit
+    elif step == "best":
+        chosen = best_step(run_dir)
+        chosen = latest_step(run_dir) if chosen is None else chosen
+    elif step == "latest":
+        chosen = latest_step(run_dir)
+    else:
+        chosen = int(step)
+    if chosen is None:
+        raise ValueError(f"run directory {str(run_dir)!r} holds no complete checkpoint")
+    run_cfg, model, tokenizer = restore_for_inference(run_dir, step=chosen)
+    use_adapters = adapters
+    if not adapters and not run_cfg.lora.enabled:
+        from almol_jax.train.setup import build_run_model
+
+        model = build_run_model(run_cfg)  # the same seeded base, before any training step
+        use_adapters = True
+    return run_cfg, model, tokenizer, run_dir, chosen, use_adapters
+
+
+def evaluate_checkpoint(
+    cfg: Any,
+    run_dir_or_step: str | Path,
+    split: str = "test",
+    directions: str | Sequence[str] = "both",
+    limit: int | None = None,
+    output_dir: str | Path | None = None,
+    adapters: bool | str = True,
+    *,
+    step: str | int = "best",
+    options: Any = None,
+    settings: Any = None,
+    key: Any = None,
+    plots: bool = True,
+    progress: bool = False,
+) -> dict[str, dict[str, Any]]:
+    """Generates and scores `split` for each direction; returns {direction: metrics}.
+
+    `cfg` (a RunConfig, or None for the run's own config.yaml) supplies the data files, prompt
+    templates and generation settings; the model and tokenizer always come from the run.
+    `options` is an `almol_jax.eval.EvalOptions` (default: the reference scorers' defaults with
+    cfg.eval.fingerprint_averaging), `settings` a `DecodeSettings` (default: from cfg), `key` the
+    sampling PRNG key (default: the "sampling" key of cfg.seed; unused by greedy decoding).
+    """
+    from almol_jax.data.prompts import format_prompt
+    from almol_jax.data.report import DataReport
+    from almol_jax.data.sources import load_examples
+    from almol_jax.eval import EvalOptions, Predictions, score, write_report
+    from almol_jax.eval.io import write_tsv
+    from almol_jax.generation import generate_texts, settings_from_config
+    from almol_jax.train.setup import seed_keys
+
+    if isinstance(adapters, str):
+        if adapters not in ADAPTER_CHOICES:
+            raise ValueError(f"adapters={adapters!r} is not one of {ADAPTER_CHOICES}")
+        adapters = adapters == "on"
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit={limit} must be >= 1 (or None for all rows)")
+    wanted = _directions(directions)
+    run_cfg, model, tokenizer, run_dir, chosen, use_adapters = load_for_eval(
+        run_dir_or_step, adapters=adapters, step=step
+    )
+    cfg = run_cfg if cfg is None else cfg
+    if options is None:
+        averaging = cfg.eval.fingerprint_averaging
+        options = EvalOptions(fingerprint_averaging="molt5" if averaging == "both" else averaging)
+    settings = settings_from_config(cfg) if settings is None else settings
+    key = seed_keys(cfg.seed)["sampling"] if key is None else key
+    out_root = (
+        Path(output_dir) if output_dir else default_output_dir(run_dir, chosen, split, adapters)
+    )
+
+    report = DataReport()
+    examples = load_examples(cfg.data, split, report)
+    if not examples:
+        raise ValueError(f"split {split!r} of the config has no rows (files: {cfg.data})")
+    results: dict[str, dict[str, Any]] = {}
+    for direction in wanted:
+        rows = [ex for ex in examples if ex.direction == direction]
+        if limit is not None:
+            rows = rows[:limit]
+        if not rows:
+            raise ValueError(f"split {split!r} has no {direction} rows")
+        prompts = [format_prompt(cfg.data.templates, direction, ex.source) for ex in rows]
+        start = time.perf_counter()
+        outputs = generate_texts(
+            model,
+            tokenizer,
+            prompts,
+            settings,
+            key=key,
+            adapters=use_adapters,
+            add_bos=cfg.tokenizer.add_bos,
+        )
+        gen_seconds = time.perf_counter() - start
+        predictions = Predictions(
+            sources=[_one_line(ex.source) for ex in rows],
+            references=[_one_line(ex.chosen) for ex in rows],
+            outputs=[_one_line(o) for o in outputs],
+        )
+        out_dir = out_root / direction
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_tsv(out_dir / "predictions.tsv", direction, predictions)
+        start = time.perf_counter()
+        metrics, per_row, resources = score(
+            direction,
+            predictions.sources,
+            predictions.references,
+            predictions.outputs,
+            options=options,
+        )
+        extra = {
+            "checkpoint": str(run_dir),
+            "step": chosen,
+            "split": split,
+            "adapters": "on" if adapters else "off",
+            "rows": len(rows),
+            "generation": {
+                "method": settings.method,
+                "max_new_tokens": settings.max_new_tokens,
+                "seconds": gen_seconds,
+            },
+            "scoring_seconds": time.perf_counter() - start,
+        }
+        write_report(out_dir, direction, metrics, per_row, resources, plots=plots, extra=extra)
+        results[direction] = metrics
+        if progress:
+            print(f"{direction}: {len(rows)} rows generated in {gen_seconds:.1f} s -> {out_dir}")
+    (out_root / "summary.json").write_text(json.dumps(_jsonable(results), indent=2) + "\n")
+    return results
+
+
+def _jsonable(results: dict) -> dict:
+    def value(v):
+        try:
+            return float(v)
+        except (TypeError, ValueError):
+            return v
+
+    return {d: {k: value(v) for k, v in m.items()} for d, m in results.items()}
+
+
+# --------------------------------------------------------------------------- eval.py branch
+
+
+def add_checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
+    """eval.py's checkpoint-mode options."""
+    g = parser.add_argument_group("checkpoint mode (generate, then score)")
+    g.add_argument("--config", help="run config YAML: data files, templates, generation")
+    g.add_argument("--checkpoint", help="run directory or <run_dir>/checkpoints/<step>")
+    g.add_argument("--step", default="best", help='"best", "latest" or a step (run directory)')
+    g.add_argument("--split", default="test", choices=("train", "validation", "test"))
+    g.add_argument(
+        "--directions", default="both", choices=("both", "smiles2caption", "caption2smiles")
+    )
+    g.add_argument("--limit", type=int, default=None, help="first N rows per direction")
+    g.add_argument(
+        "--adapters",
+        default="on",
+        choices=ADAPTER_CHOICES,
+        help="off: the base model of the same run (before/after tables)",
+    )
+    g.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config override, e.g. --set generation.max_new_tokens=64",
+    )
+
+
+def run_checkpoint_cli(args: argparse.Namespace, options: Any) -> dict:
+    """The eval.py branch: evaluate, print each direction's table, return the metrics."""
+    from almol_jax.config import load_config
+    from almol_jax.eval.report import format_table
+
+    cfg = load_config(args.config, args.set) if args.config else None
+    step: str | int = args.step if args.step in ("best", "latest") else int(args.step)
+    results = evaluate_checkpoint(
+        cfg,
+        args.checkpoint,
+        split=args.split,
+        directions=args.directions,
+        limit=args.limit,
+        output_dir=args.output_dir,
+        adapters=args.adapters,
+        step=step,
+        options=options,
+        plots=not getattr(args, "no_plots", False),
+        progress=True,
+    )
+    for direction, metrics in results.items():
+        print(f"\n## {direction}\n" + format_table(direction, metrics))
+    return results

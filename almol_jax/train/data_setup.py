@@ -1,0 +1,77 @@
+"""The training loop's data: tokenizer (saved into the run directory), tokenised splits, the
+resumable training iterator, fresh validation passes, the data report and the step count.
+
+Thin glue over almol_jax.data (tokenizer, tokenize.prepare_split, batching.BatchIterator,
+report.DataReport); every process tokenises the whole split and materialises its own pairs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import jax
+
+
+@dataclasses.dataclass
+class RunData:
+    """What the loop needs from the data pipeline."""
+
+    tokenizer: Any
+    train: Any  # BatchIterator: next(), peek(), state(), restore(state)
+    validation: Callable[[], Iterator[dict]]  # a fresh one-pass validation iterator
+    has_validation: bool
+    steps_per_epoch: int
+    total_steps: int
+    report: Any
+
+
+def total_steps_for(train_cfg, steps_per_epoch: int) -> int:
+    """train.steps when set, else ceil(epochs * batches per epoch)."""
+    if train_cfg.steps:
+        return int(train_cfg.steps)
+    return max(1, int(math.ceil(train_cfg.epochs * steps_per_epoch)))
+
+
+def build_data(cfg, *, run_dir: str | Path, primary: bool = True) -> RunData:
+    """Reads, tokenises and batches the train/validation splits of a RunConfig."""
+    from almol_jax.data.batching import BatchIterator
+    from almol_jax.data.report import DataReport
+    from almol_jax.data.sources import split_files
+    from almol_jax.data.tokenize import prepare_split
+    from almol_jax.data.tokenizer import load_tokenizer
+
+    run_dir = Path(run_dir)
+    tokenizer = load_tokenizer(cfg.tokenizer)
+    if primary:
+        tokenizer.save_pretrained(str(run_dir / "tokenizer"))
+    report = DataReport()
+    kw = dict(process_index=jax.process_index(), process_count=jax.process_count())
+    train_examples = prepare_split(cfg, tokenizer, "train", report)
+    train = BatchIterator.from_config(cfg, train_examples, tokenizer, train=True, **kw)
+    report.set_batching("train", train.padding_stats())
+    val_examples = []
+    if split_files(cfg.data, "validation"):
+        val_examples = prepare_split(cfg, tokenizer, "validation", report)
+
+    def validation() -> Iterator[dict]:
+        if not val_examples:
+            return iter(())
+        return BatchIterator.from_config(cfg, val_examples, tokenizer, train=False, **kw)
+
+    if val_examples:
+        report.set_batching("validation", validation().padding_stats())
+    if primary:
+        report.to_json(run_dir / "data_report.json")
+    return RunData(
+        tokenizer=tokenizer,
+        train=train,
+        validation=validation,
+        has_validation=bool(val_examples),
+        steps_per_epoch=train.batches_per_epoch,
+        total_steps=total_steps_for(cfg.train, train.batches_per_epoch),
+        report=report,
+    )

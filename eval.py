@@ -1,0 +1,122 @@
+"""Score translations: ``python eval.py --task TASK --predictions FILE [--output-dir DIR]``.
+
+Prediction-file mode reads the community scorer's TSV (or a source/reference/output CSV or
+JSONL), scores it with :mod:`almol_jax.eval`, prints the headline table and, with
+``--output-dir``, writes metrics.json, metrics.md, per_row.csv and PNG plots. A checkpoint
+mode (``--config/--checkpoint``: generate, then score) plugs in as a separate branch of
+:func:`main` calling its own function.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+
+def add_scoring_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options shared by every mode: how to score and where the resources are."""
+    g = parser.add_argument_group("scoring")
+    g.add_argument("--fingerprint-averaging", choices=("molt5", "lpm24"), default="molt5",
+                   help="FTS mean over valid outputs (molt5) or over all rows, invalid = 0 (lpm24)")
+    g.add_argument("--morgan-radius", type=int, default=2)
+    g.add_argument("--chrf-char-order", type=int, default=6)
+    g.add_argument("--chrf-word-order", type=int, default=0, help="0: chrF, 2: chrF++")
+    g.add_argument("--chrf-beta", type=int, default=2)
+    g.add_argument("--text-trunc-length", type=int, default=512, help="SciBERT tokens kept")
+    g.add_argument("--no-fcd", action="store_true", help="skip FCD (needs fcd_torch)")
+    g.add_argument("--fcd-device", default="cpu")
+    g.add_argument("--nested-props", help="L+M-24 nested_props.json: property metrics")
+    g.add_argument("--withheld-combos", help="L+M-24 withheld combos file: combination metrics")
+    g.add_argument("--num-workers", type=int, default=None, help="worker processes (default: CPUs)")
+    g.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="tqdm progress bars (default: when stderr is a terminal)")
+    r = parser.add_argument_group("resources")
+    r.add_argument("--scibert-vocab", help="SciBERT vocab.txt (else $ALMOL_SCIBERT_VOCAB, HF cache, ../shared/data)")
+    r.add_argument("--wordnet-dir", help="NLTK_DATA root or WordNet dict dir (else $NLTK_DATA, nltk path, /usr/share/wordnet)")
+    r.add_argument("--skip-unavailable", action="store_true",
+                   help="a missing resource skips its metrics (recorded in the report) instead of failing")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--task", choices=("caption2smiles", "smiles2caption"), required=True)
+    parser.add_argument("--predictions", help="scorer TSV, or CSV / JSONL with source, reference, output")
+    parser.add_argument("--output-dir", help="write metrics.json, metrics.md, per_row.csv, plots here")
+    parser.add_argument("--no-plots", action="store_true")
+    add_scoring_arguments(parser)
+    return parser
+
+
+def options_from_args(args: argparse.Namespace):
+    """EvalOptions from parsed command-line arguments."""
+    from almol_jax.eval.chrf import ChrfConfig
+    from almol_jax.eval.scoring import EvalOptions
+
+    progress = sys.stderr.isatty() if args.progress is None else args.progress
+    return EvalOptions(
+        fingerprint_averaging=args.fingerprint_averaging,
+        morgan_radius=args.morgan_radius,
+        chrf=ChrfConfig(args.chrf_char_order, args.chrf_word_order, args.chrf_beta),
+        text_trunc_length=args.text_trunc_length,
+        fcd=not args.no_fcd,
+        fcd_device=args.fcd_device,
+        scibert_vocab=args.scibert_vocab,
+        wordnet_dir=args.wordnet_dir,
+        nested_props=args.nested_props,
+        withheld_combos=args.withheld_combos,
+        skip_unavailable=args.skip_unavailable,
+        num_workers=args.num_workers,
+        progress=progress,
+    )
+
+
+def run_prediction_file(args: argparse.Namespace) -> dict:
+    """Score ``args.predictions``; print the table; write the report with ``--output-dir``."""
+    from almol_jax.eval import read_predictions, score, write_report
+    from almol_jax.eval.report import format_table
+
+    options = options_from_args(args)
+    predictions = read_predictions(args.predictions, args.task)
+    start = time.perf_counter()
+    metrics, per_row, resources = score(
+        args.task, predictions.sources, predictions.references, predictions.outputs, options=options
+    )
+    seconds = time.perf_counter() - start
+    print(format_table(args.task, metrics, resources.skipped))
+    print(f"\n{len(predictions)} rows of {args.predictions} scored in {seconds:.1f} s")
+    if args.output_dir:
+        paths = write_report(
+            args.output_dir,
+            args.task,
+            metrics,
+            per_row,
+            resources,
+            plots=not args.no_plots,
+            extra={"predictions": str(args.predictions), "seconds": seconds},
+        )
+        print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from almol_jax.eval.io import PredictionFileError
+    from almol_jax.eval.resources import MissingResourceError
+
+    try:
+        if args.predictions:
+            run_prediction_file(args)
+            return 0
+        # The --config/--checkpoint mode (generate, then score) goes here as its own branch.
+        parser.error("--predictions FILE is required")
+    except (PredictionFileError, MissingResourceError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,215 @@
+"""Prefix-shared preference rows (issue 8): layout, attention rule, and equality with plain rows.
+
+The equality tests compare two different computations of the same CPO quantities: the plain
+layout (two rows per pair, full logits, almol_jax.train.logprobs) and the prefix-shared layout
+(one row per pair, role mask, response-position logits, almol_jax.train.chunked_logprobs), plus
+an independent oracle that runs every prompt+response alone through the model without masks.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from almol_jax.config.schema import ObjectiveSection
+from almol_jax.data.prefix_sharing import (
+    ROLE_CHOSEN,
+    ROLE_PROMPT,
+    ROLE_REJECTED,
+    plain_batch,
+    prefix_share_batch,
+    role_mask_BTS,
+    use_prefix_sharing,
+)
+from almol_jax.model.attention import build_mask
+from almol_jax.model.build import build_model
+from almol_jax.model.config import ModelConfig
+from almol_jax.model.lora import LoraConfig, LoRAParam
+from almol_jax.train.optimizer import make_optimizer
+from almol_jax.train.step import StepSettings, init_train_state, objective_terms, train_step
+
+VOCAB = 300
+
+
+def random_triplets(seed: int, n: int, max_prompt: int = 9, max_resp: int = 6):
+    rng = np.random.default_rng(seed)
+    ids = lambda k: rng.integers(3, VOCAB, size=k).tolist()  # noqa: E731
+    return [
+        (
+            [1] + ids(rng.integers(1, max_prompt)),
+            ids(rng.integers(0, max_resp)) + [2],
+            ids(rng.integers(0, max_resp)) + [2],
+        )
+        for _ in range(n)
+    ]
+
+
+def tiny_model(seed: int = 0, *, tie: bool = False, vocab: int = VOCAB):
+    """A 2-layer GQA LLaMA with LoRA whose adapters (B too) are random, so gradients are nonzero."""
+    cfg = ModelConfig(
+        vocab_size=vocab,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        initializer_range=0.3,  # large enough that attention patterns matter
+        tie_word_embeddings=tie,
+    )
+    model = build_model(cfg, lora=LoraConfig(r=4, alpha=8.0), rngs=seed)
+    graphdef, lora, rest = nnx.split(model, LoRAParam, ...)
+    leaves, treedef = jax.tree.flatten(lora)
+    keys = jax.random.split(jax.random.key(seed + 1), len(leaves))
+    leaves = [0.2 * jax.random.normal(k, x.shape, x.dtype) for k, x in zip(keys, leaves, strict=True)]
+    return graphdef, jax.tree.unflatten(treedef, leaves), rest
+
+
+def settings(grad_accum: int = 1) -> StepSettings:
+    schedule = optax.constant_schedule(1e-3)
+    return StepSettings(
+        objective=ObjectiveSection(name="cpo", beta=0.1, cpo_alpha=1.0),
+        grad_accum=grad_accum,
+        tx=make_optimizer(schedule, max_grad_norm=1.0),
+        schedule=schedule,
+    )
+
+
+def loss_metrics_grads(graphdef, lora, rest, batch, objective="cpo"):
+    st = settings()
+    st = StepSettings(
+        objective=ObjectiveSection(name=objective, beta=0.1, cpo_alpha=1.0),
+        grad_accum=1,
+        tx=st.tx,
+        schedule=st.schedule,
+    )
+    from almol_jax.train.step import global_normalisers
+
+    batch = {k: jnp.asarray(v) for k, v in batch.items()}
+
+    def f(trainable):
+        return objective_terms(graphdef, trainable, rest, batch, st, global_normalisers(batch))
+
+    (loss, metrics), grads = jax.value_and_grad(f, has_aux=True)(lora)
+    return loss, metrics, grads
+
+
+def assert_trees_close(a, b, *, rtol, atol):
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol)
+
+
+def test_layout_golden():
+    plain = plain_batch([([1, 5, 6], [7, 2], [8, 9, 2])])
+    b = prefix_share_batch(plain, row_buckets=(8,), label_buckets=(6,))
+    np.testing.assert_array_equal(b["input_ids"][0], [1, 5, 6, 7, 2, 8, 9, 2])
+    np.testing.assert_array_equal(b["positions"][0], [0, 1, 2, 3, 4, 3, 4, 5])
+    np.testing.assert_array_equal(b["role_ids"][0], [0, 0, 0, 1, 1, 2, 2, 2])
+    np.testing.assert_array_equal(b["attention_mask"][0], [1] * 8)
+    np.testing.assert_array_equal(b["label_ids"][0], [7, 2, 8, 9, 2, 0])
+    # the rejected response's first token is predicted from the prompt's last token (index 2)
+    np.testing.assert_array_equal(b["label_src"][0], [2, 3, 2, 5, 6, 0])
+    np.testing.assert_array_equal(b["label_role"][0], [1, 1, 2, 2, 2, 0])
+    np.testing.assert_array_equal(b["pair_mask"], [[1.0]])
+
+
+def test_attention_rule_with_model_mask():
+    role_BT = jnp.array([[ROLE_PROMPT] * 3 + [ROLE_CHOSEN] * 2 + [ROLE_REJECTED] * 3])
+    seg_BT = jnp.ones_like(role_BT)
+    allowed = np.asarray(
+        build_mask(jnp.ones((1, 8), bool), 0, 8, segment_ids_BT=seg_BT, mask_BTS=role_mask_BTS(role_BT))
+    )[0]
+    # rejected token 5 sees the prompt and itself, never the chosen tokens 3, 4
+    np.testing.assert_array_equal(allowed[5], [1, 1, 1, 0, 0, 1, 0, 0])
+    np.testing.assert_array_equal(allowed[7], [1, 1, 1, 0, 0, 1, 1, 1])
+    np.testing.assert_array_equal(allowed[4], [1, 1, 1, 1, 1, 0, 0, 0])
+    np.testing.assert_array_equal(allowed[1], [1, 1, 0, 0, 0, 0, 0, 0])
+
+
+def test_logps_match_independent_per_sequence_oracle():
+    graphdef, lora, rest = tiny_model(0)
+    model = nnx.merge(graphdef, lora, rest)
+    triplets = random_triplets(1, 4)
+    from almol_jax.train.chunked_logprobs import indexed_response_logprobs
+
+    batch = {k: jnp.asarray(v) for k, v in prefix_share_batch(plain_batch(triplets)).items()}
+    logps, ntok, nll_sum, nll_count = indexed_response_logprobs(model, batch, vocab_chunk=128)
+    expect = []
+    for role in (1, 2):
+        for p, c, r in triplets:
+            seq = p + (c if role == 1 else r)
+            logits = np.asarray(model(jnp.asarray([seq])))[0].astype(np.float64)
+            logp = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) - logits.max(-1, keepdims=True)
+            expect.append(sum(logp[t - 1, seq[t]] for t in range(len(p), len(seq))))
+    np.testing.assert_allclose(np.asarray(logps), expect, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(ntok), [len(c) for _, c, _ in triplets] + [len(r) for *_, r in triplets], rtol=0, atol=0
+    )
+    np.testing.assert_allclose(float(nll_sum), -sum(expect[:4]), rtol=1e-5, atol=1e-5)
+    assert float(nll_count) == sum(len(c) for _, c, _ in triplets)
+
+
+@pytest.mark.parametrize("objective", ["cpo", "dpo", "simpo"])
+def test_shared_equals_plain_losses_rewards_grads(objective):
+    graphdef, lora, rest = tiny_model(2)
+    triplets = random_triplets(3, 5)
+    plain = plain_batch(triplets)
+    plain["pair_mask"] = np.array([1, 1, 1, 1, 0], np.float32)  # a padding pair (DESIGN.md):
+    plain["loss_mask"][[4, 9]] = 0.0  # no loss tokens either
+    shared = prefix_share_batch(plain)
+    assert shared["pair_mask"][4, 0] == 0 and shared["label_role"][4].sum() == 0
+    loss_p, met_p, g_p = loss_metrics_grads(graphdef, lora, rest, plain, objective)
+    loss_s, met_s, g_s = loss_metrics_grads(graphdef, lora, rest, shared, objective)
+    np.testing.assert_allclose(float(loss_s), float(loss_p), rtol=1e-5, atol=1e-7)
+    for name in ("rewards/chosen", "rewards/rejected", "rewards/margins", "nll_loss", "logps/chosen"):
+        np.testing.assert_allclose(float(met_s[name]), float(met_p[name]), rtol=1e-5, atol=1e-6)
+    assert float(met_s["rewards/accuracies"]) == float(met_p["rewards/accuracies"])
+    gnorm = float(optax.global_norm(g_p))
+    assert gnorm > 1e-3  # the comparison is not between zeros
+    assert_trees_close(g_s, g_p, rtol=1e-5, atol=1e-5 * gnorm)
+
+
+def test_rejected_tokens_do_not_change_chosen_logps():
+    graphdef, lora, rest = tiny_model(4)
+    model = nnx.merge(graphdef, lora, rest)
+    from almol_jax.train.chunked_logprobs import indexed_response_logprobs
+
+    trip = random_triplets(5, 2, max_resp=5)
+    a = prefix_share_batch(plain_batch(trip), row_buckets=(32,), label_buckets=(16,))
+    other = [(p, c, [(t * 7 + 3) % VOCAB for t in r[:-1]] + [2]) for p, c, r in trip]
+    b = prefix_share_batch(plain_batch(other), row_buckets=(32,), label_buckets=(16,))
+    la = indexed_response_logprobs(model, {k: jnp.asarray(v) for k, v in a.items()})[0]
+    lb = indexed_response_logprobs(model, {k: jnp.asarray(v) for k, v in b.items()})[0]
+    np.testing.assert_allclose(np.asarray(la[:2]), np.asarray(lb[:2]), rtol=1e-6, atol=1e-6)
+    assert np.all(np.abs(np.asarray(la[2:]) - np.asarray(lb[2:])) > 1e-3)
+
+
+def test_train_step_grad_accum_on_shared_layout():
+    graphdef, lora, rest = tiny_model(6)
+    batch = prefix_share_batch(plain_batch(random_triplets(7, 4)))
+    step = jax.jit(train_step, static_argnames=("graphdef", "settings"))
+    out = {}
+    for m in (1, 2):
+        st = settings(m)
+        state = init_train_state(lora, st.tx)
+        new_state, metrics = step(graphdef=graphdef, state=state, frozen=rest, batch=batch, settings=st)
+        out[m] = (new_state.trainable, metrics)
+    assert_trees_close(out[2][0], out[1][0], rtol=1e-5, atol=1e-7)
+    for k in ("loss", "rewards/chosen", "nll_loss", "grad_norm"):
+        np.testing.assert_allclose(float(out[2][1][k]), float(out[1][1][k]), rtol=1e-5, atol=1e-7)
+
+
+def test_config_switch_resolution():
+    assert use_prefix_sharing("auto", "cpo") and use_prefix_sharing("auto", "dpo")
+    assert not use_prefix_sharing("auto", "sft")
+    assert use_prefix_sharing("on", "sft") and not use_prefix_sharing("off", "cpo")
+    with pytest.raises(ValueError, match="prefix_sharing='yes'"):
+        use_prefix_sharing("yes", "cpo")
+
+
+def test_plain_rows_with_different_prompts_are_rejected():
+    plain = plain_batch([([1, 5], [6, 2], [7, 2])])
+    plain["input_ids"][1, 1] = 9
+    with pytest.raises(ValueError, match="pair 0"):
+        prefix_share_batch(plain)

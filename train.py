@@ -1,0 +1,38 @@
+"""Train an ALMol model: `python train.py --config configs/tiny.yaml [key.sub=value ...]`.
+
+Thin entry point: parses the config and overrides, runs almol_jax.train.loop.run_training and
+prints its summary as JSON. Resumes from the newest checkpoint in output_dir by default
+(checkpoint.resume=false starts afresh). SIGTERM saves a checkpoint and exits 0; a non-finite loss
+exits 1 with a message naming the step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", help="YAML run config (default: all defaults)")
+    parser.add_argument("overrides", nargs="*", help="key.sub=value overrides")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+    from almol_jax.config import load_config
+    from almol_jax.train.loop import run_training
+
+    cfg = load_config(args.config, args.overrides)
+    try:
+        summary = run_training(cfg)
+    except FloatingPointError as err:
+        print(f"training stopped: {err}", file=sys.stderr)
+        return 1
+    print(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
