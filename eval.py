@@ -1,4 +1,6 @@
-"""Score translations: ``python eval.py --task TASK --predictions FILE [--output-dir DIR]``.
+"""Score translations: ``python eval.py --task TASK --predictions FILE [--output-dir DIR]``,
+or generate then score: ``python eval.py --config CFG --checkpoint RUN_DIR[/STEP] [--split test]
+[--directions both] [--limit N] [--adapters on|off]`` (almol_jax.evaluate_checkpoint).
 
 Prediction-file mode reads the community scorer's TSV (or a source/reference/output CSV or
 JSONL), scores it with :mod:`almol_jax.eval`, prints the headline table and, with
@@ -41,11 +43,15 @@ def add_scoring_arguments(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--task", choices=("caption2smiles", "smiles2caption"), required=True)
+    parser.add_argument("--task", choices=("caption2smiles", "smiles2caption"),
+                        help="prediction-file mode: the file's direction (required there)")
     parser.add_argument("--predictions", help="scorer TSV, or CSV / JSONL with source, reference, output")
     parser.add_argument("--output-dir", help="write metrics.json, metrics.md, per_row.csv, plots here")
     parser.add_argument("--no-plots", action="store_true")
     add_scoring_arguments(parser)
+    from almol_jax.evaluate_checkpoint import add_checkpoint_arguments
+
+    add_checkpoint_arguments(parser)
     return parser
 
 
@@ -107,11 +113,18 @@ def main(argv: list[str] | None = None) -> int:
     from almol_jax.eval.resources import MissingResourceError
 
     try:
+        if args.checkpoint:  # checkpoint mode: generate, then score (almol_jax.evaluate_checkpoint)
+            from almol_jax.evaluate_checkpoint import run_checkpoint_cli
+
+            run_checkpoint_cli(args, options_from_args(args))
+            return 0
         if args.predictions:
+            if not args.task:
+                parser.error("--task is required with --predictions")
             run_prediction_file(args)
             return 0
         # The --config/--checkpoint mode (generate, then score) goes here as its own branch.
-        parser.error("--predictions FILE is required")
+        parser.error("give --predictions FILE (with --task) or --checkpoint RUN_DIR (with --config)")
     except (PredictionFileError, MissingResourceError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -27,8 +27,11 @@ ADAPTER_CHOICES = ("on", "off")
 
 
 def _directions(directions: str | Sequence[str]) -> tuple[str, ...]:
+    """("smiles2caption", "caption2smiles") for "both", a one-direction string as a 1-tuple."""
     from almol_jax.config import directions_of
 
+    if isinstance(directions, str) and directions != "both":
+        directions = (directions,)
     return tuple(directions_of(directions))
 
 

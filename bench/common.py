@@ -126,7 +126,9 @@ def train_step_flops(s: BenchShape, layout: str, *, response_only_logits: bool) 
     # layer-0 input-side projections (q, k, v, gate, up) need no input gradient
     names = ("q", "k", "v", "o", "gate", "up", "down")
     first_in_side = sum(
-        2 * i * o for (i, o), n in zip(lin, names, strict=True) if n in ("q", "k", "v", "gate", "up")
+        2 * i * o
+        for (i, o), n in zip(lin, names, strict=True)
+        if n in ("q", "k", "v", "gate", "up")
     )
     attn_fwd = 2 * 2 * s.num_heads * s.head_dim * attended_pairs(s, layout)  # QK^T and PV
     logit_positions = s.pairs * (s.chosen_len + s.rejected_len) if response_only_logits else tokens

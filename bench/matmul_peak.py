@@ -20,7 +20,6 @@ def measure_matmul_peak(size: int = 2048, repeats: int = 10, dtype: str = "float
     Returns {"size", "dtype", "flops_per_s", "seconds"}; seconds is the best time of one matmul.
     """
     import jax
-    import jax.numpy as jnp
 
     if size <= 0 or repeats <= 0:
         raise ValueError(f"{size=} and {repeats=} must be positive")

@@ -135,7 +135,15 @@ class TrlSystem:
             r=s.lora_r,
             lora_alpha=s.lora_alpha,
             lora_dropout=0.0,
-            target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+            target_modules=[
+                "q_proj",
+                "k_proj",
+                "v_proj",
+                "o_proj",
+                "gate_proj",
+                "up_proj",
+                "down_proj",
+            ],
             task_type="CAUSAL_LM",
         )
         self.trainer = CPOTrainer(
@@ -237,7 +245,9 @@ class OursSystem:
         self.batches = []
         for i in range(self.num_batches):
             plain = plain_batch(triplets[i * s.pairs : (i + 1) * s.pairs])
-            self.batches.append(prefix_share_batch(plain) if self.layout == "prefix_shared" else plain)
+            self.batches.append(
+                prefix_share_batch(plain) if self.layout == "prefix_shared" else plain
+            )
         self.i = 0
         return {"layout": self.layout, "row_shape": list(np.shape(self.batches[0]["input_ids"]))}
 
@@ -332,7 +342,9 @@ class Worker:
         self.proc.wait(timeout=60)
 
 
-def figures(system: str, shape: BenchShape, layout: str, times: list[float], mem: dict, peak: float):
+def figures(
+    system: str, shape: BenchShape, layout: str, times: list[float], mem: dict, peak: float
+):
     """The reported figures of one system from its per-step times."""
     s_per_step = median(times)
     flops = train_step_flops(shape, layout, response_only_logits=(system == "ours"))["total"]
@@ -350,9 +362,13 @@ def figures(system: str, shape: BenchShape, layout: str, times: list[float], mem
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--shape", default="cpo-small")
-    parser.add_argument("--vs-trl", action="store_true", help="also run TRL CPOTrainer, interleaved")
+    parser.add_argument(
+        "--vs-trl", action="store_true", help="also run TRL CPOTrainer, interleaved"
+    )
     parser.add_argument("--no-ours", action="store_true", help="run only TRL (with --vs-trl)")
     parser.add_argument("--layout", default="prefix_shared", choices=["plain", "prefix_shared"])
     parser.add_argument("--rounds", type=int, default=5)
@@ -381,7 +397,7 @@ def main() -> None:
     try:
         times = {name: [] for name in systems}
         peaks = []
-        for name, w in workers.items():
+        for w in workers.values():
             w.ask(f"steps {args.warmup}")
         for r in range(args.rounds):
             peaks.append(peak_worker.ask(f"peak {args.peak_size} 3")["flops_per_s"])
@@ -406,7 +422,9 @@ def main() -> None:
         with open(args.json, "w") as f:
             json.dump(out, f, indent=1)
     if "trl" in results and "ours" in results:
-        print(f"ratio_vs_trl={results['ours']['tokens_per_s'] / results['trl']['tokens_per_s']:.3f}")
+        print(
+            f"ratio_vs_trl={results['ours']['tokens_per_s'] / results['trl']['tokens_per_s']:.3f}"
+        )
 
 
 if __name__ == "__main__":

@@ -210,5 +210,5 @@ def test_configuration_docs_reference_is_current():
     from almol_jax.config.schema import reference_markdown
 
     assert reference_markdown() in DOCS.read_text(encoding="utf-8"), (
-        "regenerate the reference table of docs/configuration.md (see the command there)"
+        "docs/configuration.md is stale: run python -m almol_jax.config.schema"
     )

@@ -5,6 +5,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from almol_jax.config import load_config
 from almol_jax.data.batching import PAD_INDEX, BatchIterator, bucket_lengths, plan_epoch
@@ -202,4 +204,32 @@ def test_tiny_config_end_to_end(tmp_path, monkeypatch):
     report.to_json(tmp_path / "data_report.json")
     saved = json.loads((tmp_path / "data_report.json").read_text())
     assert saved["splits"]["train"]["total_examples"] == 64
+    assert saved["splits"]["train"]["truncated"] == {} and saved["splits"]["train"]["dropped"] == {}
     assert saved["splits"]["train"]["batching"]["batches_per_epoch"] == 8
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    lengths=st.lists(st.integers(2, 64), min_size=1, max_size=60),
+    global_batch=st.integers(1, 9),
+    buckets=st.lists(st.integers(2, 64), max_size=3, unique=True).map(sorted),
+    drop_last=st.booleans(),
+    seed=st.integers(0, 3),
+)
+def test_plan_properties(lengths, global_batch, buckets, drop_last, seed):
+    """Any data: each example at most once (exactly once unless drop_last), rows fit their T."""
+    lens = bucket_lengths(buckets, 64)
+    plan = plan_epoch(lengths, global_batch=global_batch, lengths=lens, seed=seed, epoch=1,
+                      shuffle=True, drop_last=drop_last)  # fmt: skip
+    seen = []
+    for t_len, idx in plan:
+        assert t_len in lens and len(idx) == global_batch
+        real = idx[idx != PAD_INDEX]
+        assert all(lengths[i] <= t_len for i in real)
+        seen += real.tolist()
+    assert len(seen) == len(set(seen))
+    if drop_last:
+        assert len(seen) == len(lengths) // global_batch * global_batch
+    else:
+        assert sorted(seen) == list(range(len(lengths)))
+    assert sum(int(np.sum(idx == PAD_INDEX)) for _, idx in plan) < global_batch

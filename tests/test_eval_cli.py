@@ -34,15 +34,37 @@ def test_caption2smiles_cli_writes_report(tmp_path, capsys):
     pred = _tsv(tmp_path / "p.txt", ("description", "ground truth", "output"), C2S_ROWS)
     out = tmp_path / "report"
     rc = eval_cli.main(
-        ["--task", "caption2smiles", "--predictions", str(pred), "--output-dir", str(out),
-         "--no-fcd", "--num-workers", "1", "--fingerprint-averaging", "lpm24"]
+        [
+            "--task",
+            "caption2smiles",
+            "--predictions",
+            str(pred),
+            "--output-dir",
+            str(out),
+            "--no-fcd",
+            "--num-workers",
+            "1",
+            "--fingerprint-averaging",
+            "lpm24",
+        ]
     )
     assert rc == 0
     printed = capsys.readouterr().out
     assert "Exact match (InChI)" in printed and "4 rows" in printed
     metrics = json.loads((out / "metrics.json").read_text())
-    for key in ("bleu", "exact_match", "levenshtein", "validity", "maccs_fts", "rdk_fts",
-                "morgan_fts", "fcd", "chrf", "uniqueness", "length_chars_diff_mean"):
+    for key in (
+        "bleu",
+        "exact_match",
+        "levenshtein",
+        "validity",
+        "maccs_fts",
+        "rdk_fts",
+        "morgan_fts",
+        "fcd",
+        "chrf",
+        "uniqueness",
+        "length_chars_diff_mean",
+    ):
         assert key in metrics, key
     assert metrics["exact_match"] == 0.25 and metrics["validity"] == 0.75
     assert metrics["morgan_fts"] == metrics["morgan_fts_lpm24"]
@@ -65,14 +87,26 @@ def test_cli_bad_file_is_a_clear_error(tmp_path, capsys):
 
 
 def test_smiles2caption_cli(tmp_path, shared_data):
-    rows = [("CCO", "The molecule is an alcohol.", "[CLS] The molecule is an alcohol."),
-            ("CCN", "The molecule is an amine.", "The molecule is a base.")]
+    rows = [
+        ("CCO", "The molecule is an alcohol.", "[CLS] The molecule is an alcohol."),
+        ("CCN", "The molecule is an amine.", "The molecule is a base."),
+    ]
     pred = _tsv(tmp_path / "p.txt", ("SMILES", "ground truth", "output"), rows)
     out = tmp_path / "r"
     rc = eval_cli.main(
-        ["--task", "smiles2caption", "--predictions", str(pred), "--output-dir", str(out),
-         "--num-workers", "1", "--scibert-vocab", str(shared_data / "scibert_scivocab_uncased"),
-         "--skip-unavailable"]
+        [
+            "--task",
+            "smiles2caption",
+            "--predictions",
+            str(pred),
+            "--output-dir",
+            str(out),
+            "--num-workers",
+            "1",
+            "--scibert-vocab",
+            str(shared_data / "scibert_scivocab_uncased"),
+            "--skip-unavailable",
+        ]
     )
     assert rc == 0
     metrics = json.loads((out / "metrics.json").read_text())
@@ -100,7 +134,9 @@ def test_hf_evaluate_module_offline(monkeypatch):
     refs = [r[1] for r in C2S_ROWS]
     outs = [r[2] for r in C2S_ROWS]
     got = metric.compute(predictions=outs, references=refs, fcd=False, num_workers=1)
-    want, _, _ = score("caption2smiles", None, refs, outs, options=EvalOptions(fcd=False, num_workers=1))
+    want, _, _ = score(
+        "caption2smiles", None, refs, outs, options=EvalOptions(fcd=False, num_workers=1)
+    )
     for key in ("bleu", "exact_match", "levenshtein", "validity", "maccs_fts", "chrf"):
         assert got[key] == want[key], key
     assert got["fcd"] is None

@@ -19,7 +19,11 @@ def test_tsv_round_trip_keeps_quotes_and_backslashes(tmp_path):
     path = tmp_path / "p.tsv"
     write_tsv(path, "caption2smiles", preds)
     got = read_predictions(path, "caption2smiles")
-    assert (got.sources, got.references, got.outputs) == (preds.sources, preds.references, preds.outputs)
+    assert (got.sources, got.references, got.outputs) == (
+        preds.sources,
+        preds.references,
+        preds.outputs,
+    )
     assert path.read_text().splitlines()[0] == "description\tground truth\toutput"
 
 
@@ -49,7 +53,10 @@ def test_csv_and_jsonl(tmp_path):
     path = _write(tmp_path / "p.csv", 'source,reference,output\n"a, b",CCO,"C""C"\n')
     got = read_predictions(path)
     assert (got.sources, got.references, got.outputs) == (["a, b"], ["CCO"], ['C"C'])
-    rows = [{"source": "x", "reference": "CCO", "output": "CC"}, {"source": "y", "reference": "N", "output": None}]
+    rows = [
+        {"source": "x", "reference": "CCO", "output": "CC"},
+        {"source": "y", "reference": "N", "output": None},
+    ]
     path = _write(tmp_path / "p.jsonl", "\n".join(json.dumps(r) for r in rows) + "\n\n")
     got = read_predictions(path)
     assert got.outputs == ["CC", ""] and got.format == "jsonl"
@@ -82,12 +89,17 @@ def test_layout_wordnet_writes_lexnames_and_names_missing_files(tmp_path):
     assert (wn / "data.noun").read_text() == "data.noun\n" and not (wn / "data.noun").is_symlink()
     assert res.layout_wordnet(src, tmp_path / "cache") == root  # idempotent
     os.remove(src / "index.sense")
-    with pytest.raises(res.MissingResourceError, match="index.sense.*apt-get install -y wordnet-base wordnet-sense-index"):
+    with pytest.raises(
+        res.MissingResourceError,
+        match="index.sense.*apt-get install -y wordnet-base wordnet-sense-index",
+    ):
         res.layout_wordnet(src, tmp_path / "cache2")
 
 
 def test_scibert_vocab_lookup_order(tmp_path, monkeypatch):
-    with pytest.raises(res.MissingResourceError, match="hf download allenai/scibert_scivocab_uncased"):
+    with pytest.raises(
+        res.MissingResourceError, match="hf download allenai/scibert_scivocab_uncased"
+    ):
         res.find_scibert_vocab(tmp_path / "nope" / "vocab.txt")
     vocab = _write(tmp_path / "vocab.txt", "[PAD]\n[UNK]\n")
     monkeypatch.setenv(res.SCIBERT_ENV, str(tmp_path))

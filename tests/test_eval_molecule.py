@@ -26,7 +26,9 @@ def _reference_fts(ref: str, out: str) -> tuple[float, float, float]:
     return (
         DataStructs.TanimotoSimilarity(MACCSkeys.GenMACCSKeys(a), MACCSkeys.GenMACCSKeys(b)),
         DataStructs.TanimotoSimilarity(Chem.RDKFingerprint(a), Chem.RDKFingerprint(b)),
-        DataStructs.TanimotoSimilarity(AllChem.GetMorganFingerprint(a, 2), AllChem.GetMorganFingerprint(b, 2)),
+        DataStructs.TanimotoSimilarity(
+            AllChem.GetMorganFingerprint(a, 2), AllChem.GetMorganFingerprint(b, 2)
+        ),
     )
 
 
@@ -40,7 +42,9 @@ ROWS = [  # (reference, output)
 
 
 def test_small_set_against_reference_calls():
-    metrics, rows = score_caption2smiles(None, [r for r, _ in ROWS], [o for _, o in ROWS], options=OPTS)
+    metrics, rows = score_caption2smiles(
+        None, [r for r, _ in ROWS], [o for _, o in ROWS], options=OPTS
+    )
     assert [r["exact_match"] for r in rows] == [True, False, False, False, False]
     assert [r["valid"] for r in rows] == [True, True, False, True, True]
     assert metrics["validity"] == 4 / 5 and metrics["exact_match"] == 1 / 5
@@ -60,7 +64,10 @@ def test_small_set_against_reference_calls():
     import Levenshtein
 
     np.testing.assert_allclose(
-        metrics["levenshtein"], np.mean([Levenshtein.distance(o, r) for r, o in ROWS]), rtol=0, atol=1e-12
+        metrics["levenshtein"],
+        np.mean([Levenshtein.distance(o, r) for r, o in ROWS]),
+        rtol=0,
+        atol=1e-12,
     )
     # uniqueness: 4 valid outputs, all distinct
     assert metrics["uniqueness"] == 1.0
@@ -99,9 +106,25 @@ def test_empty_input_gives_nan_not_crash():
 
 
 exotic = st.sampled_from(
-    ["", " ", "*", "[]", "C1CC", "CC.[Na+].[Cl-]", "C" * 400, "c1ccccc1" * 30, "é", "[Zz]", "\t", "C@@", "[2H]C"]
+    [
+        "",
+        " ",
+        "*",
+        "[]",
+        "C1CC",
+        "CC.[Na+].[Cl-]",
+        "C" * 400,
+        "c1ccccc1" * 30,
+        "é",
+        "[Zz]",
+        "\t",
+        "C@@",
+        "[2H]C",
+    ]
 )
-smiles_like = st.one_of(exotic, st.text(alphabet="CNOSPclnos()=#[]@+-1234.%*\\/", max_size=40), st.text(max_size=20))
+smiles_like = st.one_of(
+    exotic, st.text(alphabet="CNOSPclnos()=#[]@+-1234.%*\\/", max_size=40), st.text(max_size=20)
+)
 
 
 @settings(max_examples=30, deadline=None)
@@ -111,7 +134,9 @@ def test_random_and_exotic_smiles_never_crash(pairs):
     metrics, rows = score_caption2smiles(None, refs, outs, options=OPTS)
     n = len(pairs)
     assert metrics["n"] == n and len(rows) == n
-    assert 0.0 <= metrics["validity"] <= 1.0 and 0.0 <= metrics["exact_match"] <= metrics["validity"]
+    assert (
+        0.0 <= metrics["validity"] <= 1.0 and 0.0 <= metrics["exact_match"] <= metrics["validity"]
+    )
     assert metrics["levenshtein"] >= 0 and 0.0 <= metrics["bleu"] <= 1.0
     any_valid = any(r["valid"] for r in rows)
     for key in ("maccs_fts", "rdk_fts", "morgan_fts"):

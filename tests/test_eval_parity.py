@@ -37,7 +37,9 @@ def _file(shared_data, task):
 @pytest.fixture(scope="module")
 def c2s(shared_data):
     p = read_predictions(_file(shared_data, "caption2smiles"), "caption2smiles")
-    return score("caption2smiles", p.sources, p.references, p.outputs, options=EvalOptions(fcd=False))
+    return score(
+        "caption2smiles", p.sources, p.references, p.outputs, options=EvalOptions(fcd=False)
+    )
 
 
 def test_caption2smiles_parity(c2s):

@@ -40,7 +40,9 @@ def test_wordpiece_matches_transformers(shared_data, vocab):
 
     hf = BertTokenizerFast.from_pretrained(str(vocab.parent))
     ours = WordPiece(vocab)
-    rows = _rows(shared_data / "chebi-20-molt5-predictions" / "molt5-large-smiles2caption.txt")[:300]
+    rows = _rows(shared_data / "chebi-20-molt5-predictions" / "molt5-large-smiles2caption.txt")[
+        :300
+    ]
     texts = [r["ground truth"] for r in rows] + [r["output"] for r in rows]
     texts += ["[CLS] the Molecule [SEP] is ÅÉ 中文 " + "x" * 120, "", "  \t ", "α-D-glucose"]
     for text in texts:
@@ -125,7 +127,12 @@ def _reference_props(tokenize, refs, outs, props, combos):
     for gt, o in zip(refs, outs):
         gtl, outl = tokenize(gt.lower()), tokenize(o.lower())
         for c1, c2 in ct:
-            g1, o1, g2, o2 = _contains(c1, gtl), _contains(c1, outl), _contains(c2, gtl), _contains(c2, outl)
+            g1, o1, g2, o2 = (
+                _contains(c1, gtl),
+                _contains(c1, outl),
+                _contains(c2, gtl),
+                _contains(c2, outl),
+            )
             TP += (g1 and g2) and (o1 and o2)
             FN += (g1 and g2) and (not o1 or not o2)
             FP += (not g1 or not g2) and (o1 and o2)
@@ -161,7 +168,9 @@ def test_missing_vocab_raises_or_skips(tmp_path):
     with pytest.raises(MissingResourceError, match="SciBERT vocabulary"):
         score_smiles2caption(None, refs, outs, options=opts)
     resources = Resources()
-    opts = EvalOptions(scibert_vocab=str(tmp_path / "vocab.txt"), num_workers=1, skip_unavailable=True)
+    opts = EvalOptions(
+        scibert_vocab=str(tmp_path / "vocab.txt"), num_workers=1, skip_unavailable=True
+    )
     metrics, _ = score_smiles2caption(None, refs, outs, options=opts, resources=resources)
     assert math.isnan(metrics["bleu4"]) and math.isnan(metrics["meteor"])
     assert metrics["rouge1"] > 0 and "bleu4" in resources.skipped and "meteor" in resources.skipped
@@ -177,7 +186,9 @@ captions = st.one_of(
 @given(st.lists(st.tuples(captions, captions), min_size=1, max_size=5))
 def test_random_captions_never_crash(shared_data, wordnet_source, pairs):
     opts = EvalOptions(scibert_vocab=str(shared_data / "scibert_scivocab_uncased"), num_workers=1)
-    metrics, rows = score_smiles2caption(None, [p[0] for p in pairs], [p[1] for p in pairs], options=opts)
+    metrics, rows = score_smiles2caption(
+        None, [p[0] for p in pairs], [p[1] for p in pairs], options=opts
+    )
     assert len(rows) == len(pairs)
     for key in ("bleu2", "bleu4", "rouge1", "rouge2", "rougeL", "meteor"):
         assert 0.0 <= metrics[key] <= 1.0, key

@@ -96,7 +96,9 @@ def test_chrf_config_rejects_bad_values():
 
 def test_length_stats_golden():
     stats = length_stats({"chars": ([2, 4, 6, 8], [3, 4, 4, 12])}, {"s": [0.1, 0.2, None, 0.9]})
-    np.testing.assert_allclose(stats["length_chars_diff_mean"], (1 + 0 - 2 + 4) / 4, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(
+        stats["length_chars_diff_mean"], (1 + 0 - 2 + 4) / 4, rtol=0, atol=1e-12
+    )
     np.testing.assert_allclose(stats["length_chars_abs_diff_mean"], 7 / 4, rtol=0, atol=1e-12)
     np.testing.assert_allclose(stats["length_chars_ratio"], 23 / 20, rtol=0, atol=1e-12)
     assert stats["length_chars_longer_frac"] == 0.5 and stats["length_chars_shorter_frac"] == 0.25

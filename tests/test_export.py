@@ -239,3 +239,26 @@ def test_peft_export_of_a_model_without_adapters_names_the_problem(tmp_path):
         export_model(model, tmp_path, format="peft", base_model_name_or_path="x")
     with pytest.raises(ValueError, match="format='onnx'"):
         export_model(model, tmp_path, format="onnx")
+
+
+def test_adapter_trained_by_peft_loads_into_our_model(model, tokenizer, peft_dir, tmp_path):
+    """Adapters in from an independent producer: a PEFT LoRA (random A and B, PEFT's own init)
+    saved by save_pretrained, as TRL saves it, on our exported base."""
+    peft = pytest.importorskip("peft")
+    base = transformers.AutoModelForCausalLM.from_pretrained(peft_dir / "base", dtype=torch.float32)
+    torch.manual_seed(0)
+    lora = peft.LoraConfig(
+        r=4,
+        lora_alpha=8,
+        target_modules=list(PEFT_LINEAR_NAMES),
+        init_lora_weights=False,  # random B too, so the adapter changes the outputs
+        task_type="CAUSAL_LM",
+    )
+    peft_model = peft.get_peft_model(base, lora).eval()
+    peft_model.save_pretrained(tmp_path)
+    ours = nnx.clone(model)
+    load_peft_adapter(ours, tmp_path)
+    ids, mask = _left_padded(tokenizer)
+    theirs = _theirs(peft_model, ids, mask)
+    _assert_logits_close(_ours(ours, ids, mask), theirs, mask)
+    assert np.abs(_ours(model, ids, mask) - theirs)[mask.astype(bool)].max() > 1e-2

@@ -125,9 +125,7 @@ def test_greedy_equals_hf_generate(pair):
         assert set(row[n:].tolist()) <= {0}
 
 
-@pytest.mark.parametrize(
-    ("early_stopping", "length_penalty"), [(False, 1.0), (True, 0.0)]
-)
+@pytest.mark.parametrize(("early_stopping", "length_penalty"), [(False, 1.0), (True, 0.0)])
 def test_beam_search_equals_hf(pair, early_stopping, length_penalty):
     hf, ours, _ = pair
     ids, mask = _prompts()

@@ -161,6 +161,7 @@ def test_export_mapping_round_trips(tmp_path):
     exported = {}
     for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
         key, arr = to_hf_tensor(path, var[...], model.config)
+        assert arr.flags["C_CONTIGUOUS"], key  # safetensors writes the raw buffer
         exported[key] = arr
     assert set(exported) == set(original)
     for key, arr in original.items():
@@ -180,3 +181,26 @@ def test_bf16_params_load_and_run(tmp_path):
     ref = hf_logits(hf, ids, mask)
     valid = mask.astype(bool)
     np.testing.assert_allclose(ours[valid], ref[valid], rtol=0, atol=0.15)
+
+
+def test_hub_repo_id_goes_through_snapshot_download(tmp_path, monkeypatch):
+    """A non-directory name is a hub repo id: fetched by snapshot_download (mocked: no network)."""
+    import huggingface_hub
+
+    hf, ckpt = make_hf_llama(tmp_path, num_hidden_layers=1)
+    calls = []
+
+    def fake_snapshot_download(repo_id, revision=None, allow_patterns=None):
+        calls.append((repo_id, revision, tuple(allow_patterns)))
+        return str(ckpt)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    model = almol_jax.load_model("someone/tiny-llama", revision="main")
+    assert calls == [("someone/tiny-llama", "main", ("*.json", "*.safetensors"))]
+    ids, mask = padded_batch(300)
+    np.testing.assert_allclose(
+        np.asarray(model(ids, mask))[mask == 1],
+        hf_logits(hf, ids, mask)[mask == 1],
+        rtol=0,
+        atol=1e-4,
+    )

@@ -108,7 +108,12 @@ def pack_triplets(
     """Packs (prompt, chosen, rejected) id lists; see the module docstring."""
     examples = [_groups_of_triplet(p, c, r, share_prefix) for p, c, r in triplets]
     return pack_examples(
-        examples, row_len=row_len, label_len=label_len, max_slots=max_slots, rows=rows, pad_id=pad_id
+        examples,
+        row_len=row_len,
+        label_len=label_len,
+        max_slots=max_slots,
+        rows=rows,
+        pad_id=pad_id,
     )
 
 
@@ -124,7 +129,12 @@ def pack_sft(
     """Packs (prompt, response) id lists for SFT: each response is scored as a "chosen" one."""
     examples = [[Group(tuple(p), ((ROLE_CHOSEN, tuple(r)),))] for p, r in pairs]
     return pack_examples(
-        examples, row_len=row_len, label_len=label_len, max_slots=max_slots, rows=rows, pad_id=pad_id
+        examples,
+        row_len=row_len,
+        label_len=label_len,
+        max_slots=max_slots,
+        rows=rows,
+        pad_id=pad_id,
     )
 
 

@@ -18,11 +18,20 @@ MAX_ORDER = 4
 
 
 def row_stats(reference: Sequence[str], hypothesis: Sequence[str], max_order: int = MAX_ORDER):
-    """(numerators[max_order], denominators[max_order], hyp_len, ref_len) for one row."""
+    """(numerators[max_order], denominators[max_order], hyp_len, ref_len) for one row.
+
+    ``reference`` / ``hypothesis`` are token lists, or plain strings for character BLEU (then
+    substrings stand for character n-grams: the same counts, without building tuples).
+    """
     numerators, denominators = [], []
+    as_str = isinstance(reference, str) and isinstance(hypothesis, str)
     for n in range(1, max_order + 1):
-        hyp_counts = Counter(tuple(hypothesis[i : i + n]) for i in range(len(hypothesis) - n + 1))
-        ref_counts = Counter(tuple(reference[i : i + n]) for i in range(len(reference) - n + 1))
+        if as_str:
+            hyp_counts = Counter(hypothesis[i : i + n] for i in range(len(hypothesis) - n + 1))
+            ref_counts = Counter(reference[i : i + n] for i in range(len(reference) - n + 1))
+        else:
+            hyp_counts = Counter(tuple(hypothesis[i : i + n]) for i in range(len(hypothesis) - n + 1))
+            ref_counts = Counter(tuple(reference[i : i + n]) for i in range(len(reference) - n + 1))
         numerators.append(sum(min(c, ref_counts[g]) for g, c in hyp_counts.items()))
         # nltk's denominator is max(1, count): an empty hypothesis still contributes 1.
         denominators.append(max(1, sum(hyp_counts.values())))

@@ -15,12 +15,10 @@ from collections.abc import Sequence
 
 
 def fcd_available() -> bool:
-    """Whether fcd_torch (and torch) can be imported."""
-    try:
-        import fcd_torch  # noqa: F401
-    except Exception:  # noqa: BLE001 - any import failure means "not available"
-        return False
-    return True
+    """Whether fcd_torch and torch are installed (found, not imported: torch is slow to load)."""
+    from importlib.util import find_spec
+
+    return find_spec("fcd_torch") is not None and find_spec("torch") is not None
 
 
 def fcd_score(

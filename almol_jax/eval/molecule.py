@@ -1,7 +1,7 @@
 """Molecule-side metrics (caption2smiles), matching MolT5's and L+M-24's scorers.
 
-RDKit work is done once per unique SMILES string (:func:`smiles_features`, in worker
-processes), then each row pairs the cached features of its reference and output:
+RDKit work is done once per unique SMILES string of a chunk of rows (:func:`smiles_features`,
+cached, in worker processes), then each row pairs the features of its reference and output:
 - exact match: InChI(output) == InChI(reference), both parsed and both InChI non-empty
   (RDKit returns '' when InChI generation fails, e.g. for '*'; that counts as no match);
 - validity: both strings parse (RDKit parses '' as a valid empty molecule, as in the scorers);
@@ -33,8 +33,9 @@ class MolFeatures:
 INVALID = MolFeatures(valid=False)
 
 
-def smiles_features(smiles: str, morgan_radius: int = 2) -> MolFeatures:
-    """Parse ``smiles`` and compute its InChI, canonical SMILES and the three fingerprints."""
+def smiles_features(smiles: str, morgan_radius: int = 2, canonical: bool = True) -> MolFeatures:
+    """Parse ``smiles``; compute its InChI, the three fingerprints and (when ``canonical``, for
+    FCD) its canonical SMILES."""
     from rdkit import Chem
     from rdkit.Chem import MACCSkeys, rdFingerprintGenerator
     from rdkit.rdBase import BlockLogs
@@ -50,46 +51,22 @@ def smiles_features(smiles: str, morgan_radius: int = 2) -> MolFeatures:
             inchi = Chem.MolToInchi(mol) or ""
         except Exception:  # noqa: BLE001
             inchi = ""
-        try:
-            canonical = Chem.MolToSmiles(mol)
-        except Exception:  # noqa: BLE001
-            canonical = None
+        canonical_smiles = None
+        if canonical:
+            try:
+                canonical_smiles = Chem.MolToSmiles(mol)
+            except Exception:  # noqa: BLE001
+                pass
         rdk_gen = rdFingerprintGenerator.GetRDKitFPGenerator()
         morgan_gen = rdFingerprintGenerator.GetMorganGenerator(radius=morgan_radius)
         return MolFeatures(
             valid=True,
             inchi=inchi,
-            canonical=canonical,
+            canonical=canonical_smiles,
             maccs=MACCSkeys.GenMACCSKeys(mol),
             rdk=rdk_gen.GetFingerprint(mol),
             morgan=morgan_gen.GetSparseCountFingerprint(mol),
         )
-
-
-def _features_chunk(morgan_radius: int, chunk: Sequence[str]) -> list[MolFeatures]:
-    return [smiles_features(s, morgan_radius) for s in chunk]
-
-
-def features_by_string(
-    strings: Sequence[str],
-    *,
-    morgan_radius: int = 2,
-    num_workers: int | None = None,
-    progress: bool = False,
-) -> dict[str, MolFeatures]:
-    """``{smiles: MolFeatures}`` for the unique strings of ``strings``."""
-    from almol_jax.eval.parallel import map_chunks
-
-    unique = list(dict.fromkeys(strings))
-    feats = map_chunks(
-        _features_chunk,
-        unique,
-        state=morgan_radius,
-        num_workers=num_workers,
-        progress=progress,
-        desc="molecules",
-    )
-    return dict(zip(unique, feats))
 
 
 def row_metrics(reference: str, output: str, ref: MolFeatures, out: MolFeatures) -> dict:

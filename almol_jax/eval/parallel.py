@@ -30,8 +30,8 @@ def default_num_workers() -> int:
 
 
 def default_start_method() -> str:
-    """``fork`` (cheap, inherits state), unless JAX or torch threads are live in this process."""
-    if sys.platform != "linux" or "jax" in sys.modules or "torch" in sys.modules:
+    """``fork`` (cheap, inherits state), unless JAX (multithreaded, fork-unsafe) is loaded."""
+    if sys.platform != "linux" or "jax" in sys.modules:
         return "forkserver" if sys.platform == "linux" else "spawn"
     return "fork"
 

@@ -69,7 +69,7 @@ def _check_rows(sources, references, outputs) -> int:
 
 
 def _c2s_chunk(state, rows):
-    morgan_radius, chrf_config = state
+    morgan_radius, chrf_config, canonical = state
     import Levenshtein
 
     chrf = chrf_config.metric()
@@ -78,7 +78,7 @@ def _c2s_chunk(state, rows):
     def feats(s: str) -> molecule.MolFeatures:
         hit = cache.get(s)
         if hit is None:
-            hit = cache[s] = molecule.smiles_features(s, morgan_radius)
+            hit = cache[s] = molecule.smiles_features(s, morgan_radius, canonical)
         return hit
 
     out = []
@@ -87,7 +87,7 @@ def _c2s_chunk(state, rows):
         row = molecule.row_metrics(ref, hyp, fr, fo)
         row["levenshtein"] = Levenshtein.distance(hyp, ref)
         row["chrf"], row["_chrf"] = row_chrf(chrf, ref, hyp)
-        row["_bleu"] = bleu_lib.row_stats(list(ref), list(hyp))
+        row["_bleu"] = bleu_lib.row_stats(ref, hyp)  # characters
         row["_canon"] = (fr.canonical if fr.valid else None, fo.canonical if fo.valid else None)
         out.append(row)
     return out
@@ -111,10 +111,15 @@ def score_caption2smiles(
     options = options or EvalOptions()
     resources = resources if resources is not None else Resources()
     n = _check_rows(sources, references, outputs)
+    want_fcd = False
+    if options.fcd:
+        from almol_jax.eval.fcd import fcd_available
+
+        want_fcd = fcd_available()
     rows = map_chunks(
         _c2s_chunk,
         list(zip(references, outputs)),
-        state=(options.morgan_radius, options.chrf),
+        state=(options.morgan_radius, options.chrf, want_fcd),
         num_workers=options.num_workers,
         progress=options.progress,
         desc="caption2smiles",
@@ -135,9 +140,9 @@ def score_caption2smiles(
     canon = [r.pop("_canon") for r in rows]
     metrics["fcd"] = nan
     if options.fcd:
-        from almol_jax.eval.fcd import fcd_available, fcd_score
+        from almol_jax.eval.fcd import fcd_score
 
-        if fcd_available():
+        if want_fcd:
             metrics["fcd"] = fcd_score([c[0] for c in canon], [c[1] for c in canon], device=options.fcd_device)
         else:
             resources.skipped["fcd"] = "fcd_torch is not installed (pip install fcd_torch==1.0.7)"

@@ -22,11 +22,12 @@ from almol_jax.export.tensors import is_writer, model_tensor_specs
 def hf_config_dict(model_config: Any, dtype: str) -> dict:
     """config.json of the export: ModelConfig.to_hf_config() plus the stored dtype.
 
-    `rope_theta` is repeated at the top level for transformers 4.x readers (5.x reads
-    `rope_parameters`).
+    `rope_theta` and `torch_dtype` are repeated at the top level for transformers 4.x readers
+    (5.x reads `rope_parameters` and `dtype`).
     """
     config = dict(model_config.to_hf_config())
     config["dtype"] = dtype
+    config["torch_dtype"] = dtype
     config.setdefault("rope_theta", model_config.rope_theta)
     return config
 

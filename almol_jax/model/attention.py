@@ -2,8 +2,8 @@
 
 A query may attend a key iff: key index <= query index (causal, by index in the row) AND the key
 is valid (padding mask) AND segment ids are equal (when given) AND mask_BTS[b, t, s] (when
-given). A fully-masked query row (padding) yields finite output (XLA fills masked logits with a
-large finite negative, so the softmax stays finite).
+given). A fully-masked query row (padding) yields zeros from attention, never NaN, and never
+information from keys it may not see.
 """
 
 from __future__ import annotations
@@ -94,5 +94,8 @@ class Attention(nnx.Module):
             mask=mask_BTS[:, None, :, :],
             implementation=self.attention_impl,
         )
+        # a query with no visible key (padding) gets zeros, not a uniform mix of hidden keys
+        has_key_BT11 = jnp.any(mask_BTS, axis=-1)[:, :, None, None]
+        out_BTNH = jnp.where(has_key_BT11, out_BTNH, jnp.zeros_like(out_BTNH))
         out_BTD = self.o_proj(out_BTNH.reshape(b, t, self.num_heads * self.head_dim))
         return out_BTD, (k_BSKH, v_BSKH)

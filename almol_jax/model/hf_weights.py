@@ -73,7 +73,8 @@ def to_hf_tensor(path, value, config: ModelConfig) -> tuple[str, np.ndarray]:
     arr = np.asarray(jax.device_get(value))
     if name.vocab_axis is not None:
         arr = np.take(arr, np.arange(config.vocab_size), axis=name.vocab_axis)
-    return name.key, (arr.T if name.transpose else arr)
+    # contiguous: safetensors' numpy writer stores the raw buffer of a transposed view
+    return name.key, np.ascontiguousarray(arr.T if name.transpose else arr)
 
 
 def resolve_checkpoint_dir(path_or_repo_id: str | os.PathLike, revision: str | None = None) -> Path:

@@ -1,0 +1,1 @@
+"""Training: losses, log-probs, optimizer, the jitted step, checkpoints, the loop (import the submodules)."""

@@ -1,0 +1,158 @@
+"""Benchmark: score both MolT5-large ChEBI-20 prediction files (all metrics except FCD).
+
+    python bench/eval_metrics.py [--data ../shared/data] [--num-workers N] [--reference]
+
+Prints the wall time of almol_jax.eval on caption2smiles and smiles2caption. With
+``--reference`` it also times a serial re-run of what MolT5's scripts do (nltk corpus_bleu,
+InChI exact match, Levenshtein, legacy RDKit fingerprints; BertTokenizerFast tokens, nltk
+METEOR, rouge_score) in the same process and checks the numbers agree to 1e-12, so the
+speed-up is measured under the same machine load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def _clock() -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process and its finished children)."""
+    import resource
+
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+    return time.perf_counter(), cpu
+
+
+def reference_caption2smiles(refs, outs) -> dict:
+    """MolT5 mol_translation_metrics.py + fingerprint_metrics.py, serially."""
+    import numpy as np
+    from Levenshtein import distance as lev
+    from nltk.translate.bleu_score import corpus_bleu
+    from rdkit import Chem, DataStructs, RDLogger
+    from rdkit.Chem import AllChem, MACCSkeys
+
+    RDLogger.DisableLog("rdApp.*")
+    bleu = corpus_bleu([[list(r)] for r in refs], [list(o) for o in outs])
+    exact = bad = 0
+    levs = []
+    for gt, out in zip(refs, outs):
+        try:
+            if Chem.MolToInchi(Chem.MolFromSmiles(out)) == Chem.MolToInchi(Chem.MolFromSmiles(gt)):
+                exact += 1
+        except Exception:  # noqa: BLE001 - the reference's bare except
+            bad += 1
+        levs.append(lev(out, gt))
+    maccs, rdk, morgan = [], [], []
+    for gt, out in zip(refs, outs):
+        g, o = Chem.MolFromSmiles(gt), Chem.MolFromSmiles(out)
+        if o is None or g is None:
+            continue
+        maccs.append(
+            DataStructs.TanimotoSimilarity(MACCSkeys.GenMACCSKeys(g), MACCSkeys.GenMACCSKeys(o))
+        )
+        rdk.append(DataStructs.TanimotoSimilarity(Chem.RDKFingerprint(g), Chem.RDKFingerprint(o)))
+        morgan.append(
+            DataStructs.TanimotoSimilarity(
+                AllChem.GetMorganFingerprint(g, 2), AllChem.GetMorganFingerprint(o, 2)
+            )
+        )
+    return {
+        "bleu": bleu,
+        "exact_match": exact / len(outs),
+        "levenshtein": float(np.mean(levs)),
+        "validity": 1 - bad / len(outs),
+        "maccs_fts": float(np.mean(maccs)),
+        "rdk_fts": float(np.mean(rdk)),
+        "morgan_fts": float(np.mean(morgan)),
+    }
+
+
+def reference_smiles2caption(refs, outs, vocab_dir) -> dict:
+    """MolT5 text_translation_metrics.py, serially (nltk's default WordNet on nltk.data.path)."""
+    import numpy as np
+    from nltk.translate.bleu_score import corpus_bleu
+    from nltk.translate.meteor_score import meteor_score
+    from rouge_score import rouge_scorer
+    from transformers import BertTokenizerFast
+
+    from almol_jax.eval.resources import find_wordnet, load_wordnet
+
+    wordnet = load_wordnet(find_wordnet())
+    tok = BertTokenizerFast.from_pretrained(str(vocab_dir))
+    drop = {"[PAD]", "[CLS]", "[SEP]"}
+    references, hypotheses, meteors = [], [], []
+    for gt, out in zip(refs, outs):
+        out = out[6:] if out.startswith("[CLS] ") else out
+        g = [t for t in tok.tokenize(gt)[:512] if t not in drop]
+        o = [t for t in tok.tokenize(out)[:512] if t not in drop]
+        references.append([g])
+        hypotheses.append(o)
+        meteors.append(meteor_score([g], o, wordnet=wordnet))
+    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"])
+    rs = [
+        scorer.score(out[6:] if out.startswith("[CLS] ") else out, gt)
+        for gt, out in zip(refs, outs)
+    ]
+    return {
+        "bleu2": corpus_bleu(references, hypotheses, weights=(0.5, 0.5)),
+        "bleu4": corpus_bleu(references, hypotheses, weights=(0.25, 0.25, 0.25, 0.25)),
+        "meteor": float(np.mean(meteors)),
+        "rouge1": float(np.mean([r["rouge1"].fmeasure for r in rs])),
+        "rouge2": float(np.mean([r["rouge2"].fmeasure for r in rs])),
+        "rougeL": float(np.mean([r["rougeL"].fmeasure for r in rs])),
+    }
+
+
+def main(argv=None) -> int:
+    from almol_jax.eval import EvalOptions, read_predictions, score
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", default=str(REPO.parent / "shared" / "data"))
+    parser.add_argument("--num-workers", type=int, default=None)
+    parser.add_argument("--reference", action="store_true", help="also time the reference way")
+    args = parser.parse_args(argv)
+    data = Path(args.data)
+    pred_dir = data / "chebi-20-molt5-predictions"
+    vocab = data / "scibert_scivocab_uncased" / "vocab.txt"
+    options = EvalOptions(fcd=False, scibert_vocab=str(vocab), num_workers=args.num_workers)
+    total = 0.0
+    results = {}
+    for task in ("caption2smiles", "smiles2caption"):
+        p = read_predictions(pred_dir / f"molt5-large-{task}.txt", task)
+        start = time.perf_counter()
+        metrics, _, _ = score(task, p.sources, p.references, p.outputs, options=options)
+        seconds = time.perf_counter() - start
+        total += seconds
+        results[task] = (p, metrics)
+        print(f"almol_jax.eval {task}: {seconds:.2f} s ({len(p)} rows)", flush=True)
+    print(f"almol_jax.eval total: {total:.2f} s", flush=True)
+    if args.reference:
+        ref_total = 0.0
+        for task, (p, metrics) in results.items():
+            start = time.perf_counter()
+            if task == "caption2smiles":
+                want = reference_caption2smiles(p.references, p.outputs)
+            else:
+                want = reference_smiles2caption(p.references, p.outputs, vocab.parent)
+            seconds = time.perf_counter() - start
+            ref_total += seconds
+            worst = max(abs(metrics[k] - v) for k, v in want.items())
+            print(
+                f"reference way {task}: {seconds:.2f} s; max |difference| {worst:.1e}", flush=True
+            )
+            if worst > 1e-12:
+                print(f"MISMATCH {task}: {want} vs {metrics}", flush=True)
+                return 1
+        print(f"reference way total: {ref_total:.2f} s; speed-up {ref_total / total:.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,187 @@
+"""eval.py on a checkpoint: a tiny run trained for two steps is evaluated in both directions.
+
+Checks the files (scorer-format predictions, metrics.json, report), that the metrics equal
+prediction-file mode run on the written predictions (same outputs, same scorer), that the
+outputs are the model's greedy generations, the adapters-off (base model) path, and the
+self-generated preference CLI on the same checkpoint.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("jax")
+pytest.importorskip("orbax.checkpoint")
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import eval as eval_cli  # noqa: E402  (the repo-root entry point)
+
+PAIRS = REPO / "tests" / "data" / "tiny_pairs.tsv"
+PREFS = REPO / "tests" / "data" / "tiny_prefs.jsonl"
+LIMIT = 3
+SCORING = ["--no-fcd", "--num-workers", "1", "--skip-unavailable", "--no-plots"]
+
+
+def _overrides(run_dir: Path) -> list[str]:
+    return [
+        f"output_dir={run_dir}",
+        f"data.train_files=[{PREFS}]",
+        f"data.validation_files=[{PREFS}]",
+        f"data.test_files=[{PAIRS}]",
+        "data.format=auto",
+        "train.steps=2",
+        "train.eval_every=2",
+        "train.eval_batches=1",
+        "checkpoint.every=2",
+        "generation.max_new_tokens=16",
+        "generation.batch_size=4",
+    ]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """(config, run_dir) of configs/tiny.yaml trained for two steps into a tmp directory."""
+    from almol_jax.config import load_config
+    from almol_jax.train.loop import run_training
+
+    run_dir = tmp_path_factory.mktemp("tiny") / "run"
+    cfg = load_config(REPO / "configs" / "tiny.yaml", _overrides(run_dir))
+    run_training(cfg)
+    return cfg, run_dir
+
+
+def _one_line(text):
+    """What the scorer's TSV can hold: tabs/newlines become one space, ends stripped."""
+    return re.sub(r"[\t\r\n]+", " ", text).strip()
+
+
+def _read_tsv(path):
+    with open(path, encoding="utf-8", newline="") as f:
+        return list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+
+
+def test_eval_cli_on_checkpoint_matches_prediction_file_mode(tiny_run, tmp_path, capsys):
+    cfg, run_dir = tiny_run
+    out = tmp_path / "eval"
+    args = ["--config", str(REPO / "configs" / "tiny.yaml"), "--checkpoint", str(run_dir)]
+    args += [f"--set={o}" for o in _overrides(run_dir)]
+    rc = eval_cli.main(args + ["--limit", str(LIMIT), "--output-dir", str(out), *SCORING])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "## smiles2caption" in printed and "## caption2smiles" in printed
+
+    from almol_jax.data.prompts import format_prompt
+    from almol_jax.generation import generate_texts, settings_from_config
+    from almol_jax.train.checkpoint import restore_for_inference
+
+    _, model, tokenizer = restore_for_inference(run_dir)
+    gold = _read_tsv(PAIRS)[1 : LIMIT + 1]  # CID, SMILES, description
+    for direction, header in (("smiles2caption", "SMILES"), ("caption2smiles", "description")):
+        rows = _read_tsv(out / direction / "predictions.tsv")
+        assert rows[0] == [header, "ground truth", "output"] and len(rows) == LIMIT + 1
+        sources = [r[1] if direction == "smiles2caption" else r[2] for r in gold]
+        references = [r[2] if direction == "smiles2caption" else r[1] for r in gold]
+        assert [r[0] for r in rows[1:]] == sources
+        assert [r[1] for r in rows[1:]] == references
+        prompts = [format_prompt(cfg.data.templates, direction, s) for s in sources]
+        expected = generate_texts(model, tokenizer, prompts, settings_from_config(cfg))
+        assert [r[2] for r in rows[1:]] == [_one_line(e) for e in expected]
+
+        metrics = json.loads((out / direction / "metrics.json").read_text())
+        assert metrics["n"] == LIMIT and metrics["adapters"] == "on" and metrics["step"] == 2
+        file_out = tmp_path / f"file-{direction}"
+        rc = eval_cli.main(
+            [
+                "--task",
+                direction,
+                "--predictions",
+                str(out / direction / "predictions.tsv"),
+                "--output-dir",
+                str(file_out),
+                *SCORING,
+            ]
+        )
+        assert rc == 0
+        from_file = json.loads((file_out / "metrics.json").read_text())
+        for key, value in from_file.items():
+            if key not in ("resources", "predictions", "seconds"):
+                assert metrics[key] == value, key
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary) == {"smiles2caption", "caption2smiles"}
+
+
+def test_evaluate_checkpoint_adapters_off_is_the_base_model(tiny_run, tmp_path):
+    from almol_jax.data.prompts import format_prompt
+    from almol_jax.eval import EvalOptions
+    from almol_jax.evaluate_checkpoint import evaluate_checkpoint
+    from almol_jax.generation import generate_texts, settings_from_config
+    from almol_jax.train.setup import build_run_model
+
+    cfg, run_dir = tiny_run
+    options = EvalOptions(fcd=False, skip_unavailable=True, num_workers=1)
+    results = evaluate_checkpoint(
+        cfg,
+        run_dir / "checkpoints" / "2",
+        "test",
+        "caption2smiles",
+        2,
+        tmp_path,
+        "off",
+        options=options,
+        plots=False,
+    )
+    assert set(results) == {"caption2smiles"} and results["caption2smiles"]["n"] == 2
+    rows = _read_tsv(tmp_path / "caption2smiles" / "predictions.tsv")[1:]
+    base = build_run_model(cfg)  # full fine-tune: "adapters off" = the untrained base
+    prompts = [format_prompt(cfg.data.templates, "caption2smiles", r[0]) for r in rows]
+    from almol_jax.data.tokenizer import byte_tokenizer
+
+    expected = generate_texts(base, byte_tokenizer(), prompts, settings_from_config(cfg))
+    assert [r[2] for r in rows] == [_one_line(e) for e in expected]
+    assert (
+        json.loads((tmp_path / "caption2smiles" / "metrics.json").read_text())["adapters"] == "off"
+    )
+    with pytest.raises(ValueError, match="adapters"):
+        evaluate_checkpoint(cfg, run_dir, adapters="maybe")
+
+
+def test_self_generated_cli_on_checkpoint(tiny_run, tmp_path, capsys):
+    from almol_jax.preferences.__main__ import main as preferences_main
+
+    _, run_dir = tiny_run
+    out = tmp_path / "self.jsonl"
+    rc = preferences_main(
+        [
+            "self-generated",
+            "--checkpoint",
+            str(run_dir),
+            "--split",
+            "validation",
+            "--limit",
+            "4",
+            "--k",
+            "2",
+            "--max-new-tokens",
+            "8",
+            "--molecule-metric",
+            "chrf",
+            "--out",
+            str(out),
+        ]
+    )
+    assert rc == 0
+    summary = json.loads(out.with_suffix(".summary.json").read_text())
+    assert summary["builder"] == "self_generated" and summary["step"] == 2
+    assert summary["total"]["input"] == 4
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == summary["total"]["kept"]
+    assert sum(c["candidates"] for c in summary["candidates"].values()) == 8
+    assert "kept" in capsys.readouterr().out

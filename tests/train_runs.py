@@ -1,0 +1,72 @@
+"""Helpers for the training-loop tests: small overrides of configs/tiny.yaml and subprocess runs.
+
+The overrides shrink the tiny config further (2 layers, width 64, one bucket) so that a run
+compiles in seconds; `train_cmd` / `run_train` launch `python train.py` in a subprocess with a
+chosen number of virtual CPU devices.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = REPO / "configs" / "tiny.yaml"
+
+SMALL = (
+    "model.overrides.hidden_size=64",
+    "model.overrides.intermediate_size=128",
+    "model.overrides.num_hidden_layers=2",
+    "model.overrides.num_attention_heads=4",
+    "model.overrides.num_key_value_heads=2",
+    "data.buckets=[]",
+    "data.max_length=192",
+    "data.max_prompt_length=128",
+    "train.log_every=1",
+    "logging.tensorboard=false",
+)
+
+
+def overrides(run_dir, *extra: str) -> list[str]:
+    return [*SMALL, f"output_dir={run_dir}", *extra]
+
+
+def env_with_devices(count: int) -> dict[str, str]:
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={count}"
+    env["JAX_PLATFORMS"] = "cpu"
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return env
+
+
+def train_cmd(run_dir, *extra: str) -> list[str]:
+    return [
+        sys.executable,
+        str(REPO / "train.py"),
+        "--config",
+        str(TINY),
+        *overrides(run_dir, *extra),
+    ]
+
+
+def run_train(run_dir, *extra: str, devices: int = 1, timeout: int = 300):
+    """Runs train.py to completion; returns the CompletedProcess (stdout/stderr as text)."""
+    return subprocess.run(
+        train_cmd(run_dir, *extra),
+        env=env_with_devices(devices),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def train_records(run_dir) -> list[dict]:
+    """metrics.jsonl training records (those with a "loss" key), in order."""
+    path = Path(run_dir) / "metrics.jsonl"
+    lines = path.read_text().splitlines() if path.is_file() else []
+    return [r for r in map(json.loads, lines) if "loss" in r]
