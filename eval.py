@@ -12,7 +12,6 @@ mode (``--config/--checkpoint``: generate, then score) plugs in as a separate br
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 
@@ -20,8 +19,12 @@ import time
 def add_scoring_arguments(parser: argparse.ArgumentParser) -> None:
     """Options shared by every mode: how to score and where the resources are."""
     g = parser.add_argument_group("scoring")
-    g.add_argument("--fingerprint-averaging", choices=("molt5", "lpm24"), default="molt5",
-                   help="FTS mean over valid outputs (molt5) or over all rows, invalid = 0 (lpm24)")
+    g.add_argument(
+        "--fingerprint-averaging",
+        choices=("molt5", "lpm24"),
+        default="molt5",
+        help="FTS mean over valid outputs (molt5) or over all rows, invalid = 0 (lpm24)",
+    )
     g.add_argument("--morgan-radius", type=int, default=2)
     g.add_argument("--chrf-char-order", type=int, default=6)
     g.add_argument("--chrf-word-order", type=int, default=0, help="0: chrF, 2: chrF++")
@@ -32,21 +35,41 @@ def add_scoring_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--nested-props", help="L+M-24 nested_props.json: property metrics")
     g.add_argument("--withheld-combos", help="L+M-24 withheld combos file: combination metrics")
     g.add_argument("--num-workers", type=int, default=None, help="worker processes (default: CPUs)")
-    g.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                   help="tqdm progress bars (default: when stderr is a terminal)")
+    g.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="tqdm progress bars (default: when stderr is a terminal)",
+    )
     r = parser.add_argument_group("resources")
-    r.add_argument("--scibert-vocab", help="SciBERT vocab.txt (else $ALMOL_SCIBERT_VOCAB, HF cache, ../shared/data)")
-    r.add_argument("--wordnet-dir", help="NLTK_DATA root or WordNet dict dir (else $NLTK_DATA, nltk path, /usr/share/wordnet)")
-    r.add_argument("--skip-unavailable", action="store_true",
-                   help="a missing resource skips its metrics (recorded in the report) instead of failing")
+    r.add_argument(
+        "--scibert-vocab",
+        help="SciBERT vocab.txt (else $ALMOL_SCIBERT_VOCAB, HF cache, ../shared/data)",
+    )
+    r.add_argument(
+        "--wordnet-dir",
+        help="NLTK_DATA root or WordNet dict dir (else $NLTK_DATA, nltk path, /usr/share/wordnet)",
+    )
+    r.add_argument(
+        "--skip-unavailable",
+        action="store_true",
+        help="a missing resource skips its metrics (recorded in the report) instead of failing",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--task", choices=("caption2smiles", "smiles2caption"),
-                        help="prediction-file mode: the file's direction (required there)")
-    parser.add_argument("--predictions", help="scorer TSV, or CSV / JSONL with source, reference, output")
-    parser.add_argument("--output-dir", help="write metrics.json, metrics.md, per_row.csv, plots here")
+    parser.add_argument(
+        "--task",
+        choices=("caption2smiles", "smiles2caption"),
+        help="prediction-file mode: the file's direction (required there)",
+    )
+    parser.add_argument(
+        "--predictions", help="scorer TSV, or CSV / JSONL with source, reference, output"
+    )
+    parser.add_argument(
+        "--output-dir", help="write metrics.json, metrics.md, per_row.csv, plots here"
+    )
     parser.add_argument("--no-plots", action="store_true")
     add_scoring_arguments(parser)
     from almol_jax.evaluate_checkpoint import add_checkpoint_arguments
@@ -124,7 +147,9 @@ def main(argv: list[str] | None = None) -> int:
             run_prediction_file(args)
             return 0
         # The --config/--checkpoint mode (generate, then score) goes here as its own branch.
-        parser.error("give --predictions FILE (with --task) or --checkpoint RUN_DIR (with --config)")
+        parser.error(
+            "give --predictions FILE (with --task) or --checkpoint RUN_DIR (with --config)"
+        )
     except (PredictionFileError, MissingResourceError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

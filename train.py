@@ -3,7 +3,8 @@
 Thin entry point: parses the config and overrides, runs almol_jax.train.loop.run_training and
 prints its summary as JSON. Resumes from the newest checkpoint in output_dir by default
 (checkpoint.resume=false starts afresh). SIGTERM saves a checkpoint and exits 0; a non-finite loss
-exits 1 with a message naming the step.
+exits 1 with a message naming the step. With eval.at_end / export.at_end set (configs/demo.yaml),
+almol_jax.pipeline then evaluates step 0 and the best checkpoint, exports, and prints a table.
 """
 
 from __future__ import annotations
@@ -20,17 +21,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="key.sub=value overrides")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax logs every save/restore at INFO
 
     from almol_jax.config import load_config
+    from almol_jax.pipeline import after_training, format_summary, resolve_builtin
     from almol_jax.train.loop import run_training
 
-    cfg = load_config(args.config, args.overrides)
+    cfg = resolve_builtin(load_config(args.config, args.overrides))
     try:
         summary = run_training(cfg)
     except FloatingPointError as err:
         print(f"training stopped: {err}", file=sys.stderr)
         return 1
     print(json.dumps(summary, indent=2, default=str))
+    if summary.get("stopped") is None and (cfg.eval.at_end or cfg.export.at_end):
+        print("\n" + format_summary(after_training(cfg, summary)))
     return 0
 
 

@@ -140,6 +140,7 @@ def evaluate_checkpoint(
         Path(output_dir) if output_dir else default_output_dir(run_dir, chosen, split, adapters)
     )
 
+    mesh = _decode_mesh(run_cfg, settings.batch_size)
     report = DataReport()
     examples = load_examples(cfg.data, split, report)
     if not examples:
@@ -161,6 +162,8 @@ def evaluate_checkpoint(
             key=key,
             adapters=use_adapters,
             add_bos=cfg.tokenizer.add_bos,
+            mesh=mesh,
+            rules=run_cfg.mesh.rules,
         )
         gen_seconds = time.perf_counter() - start
         predictions = Predictions(
@@ -198,6 +201,20 @@ def evaluate_checkpoint(
             print(f"{direction}: {len(rows)} rows generated in {gen_seconds:.1f} s -> {out_dir}")
     (out_root / "summary.json").write_text(json.dumps(_jsonable(results), indent=2) + "\n")
     return results
+
+
+def _decode_mesh(run_cfg: Any, batch_size: int):
+    """The run's mesh for data-parallel decoding, or None when the batch does not split on it."""
+    from almol_jax.sharding import logical_to_spec
+    from almol_jax.train.setup import make_run_mesh
+
+    mesh = make_run_mesh(run_cfg)
+    first = logical_to_spec(("batch",), run_cfg.mesh.rules)[0]
+    axes = () if first is None else (first,) if isinstance(first, str) else tuple(first)
+    shards = 1
+    for axis in axes:
+        shards *= mesh.shape[axis]
+    return mesh if batch_size % shards == 0 else None
 
 
 def _jsonable(results: dict) -> dict:

@@ -144,3 +144,14 @@ def test_random_and_exotic_smiles_never_crash(pairs):
         assert math.isnan(metrics[f"{key}_molt5"]) == (not any_valid)
         assert 0.0 <= metrics[f"{key}_lpm24"] <= 1.0
     assert 0.0 <= metrics["chrf"] <= 100.0
+
+
+def test_forkserver_workers_give_the_serial_numbers():
+    # The start method used when JAX is loaded (pickled state, fresh interpreters).
+    refs = [r for r, _ in ROWS] * 60
+    outs = [o for _, o in ROWS] * 60
+    serial, _ = score_caption2smiles(None, refs, outs, options=OPTS)
+    opts = EvalOptions(fcd=False, num_workers=2, start_method="forkserver")
+    pooled, _ = score_caption2smiles(None, refs, outs, options=opts)
+    for key, value in serial.items():
+        assert value == pooled[key] or (math.isnan(value) and math.isnan(pooled[key])), key

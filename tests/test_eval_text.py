@@ -51,15 +51,26 @@ def test_wordpiece_matches_transformers(shared_data, vocab):
     assert ours.metric_tokens(long) == ["acid"] * 512
 
 
-def test_memoised_meteor_equals_nltk(shared_data, vocab, wordnet_source):
+def test_fast_wordnet_and_memoised_meteor_equal_plain_nltk(shared_data, vocab, wordnet_source):
+    import warnings
+
+    from nltk.corpus.reader.wordnet import WordNetCorpusReader
     from nltk.translate.meteor_score import meteor_score
 
-    from almol_jax.eval.resources import load_wordnet
     from almol_jax.eval.text import MeteorScorer, WordPiece
 
+    class PlainReader(WordNetCorpusReader):  # nltk's reader minus the OMW-only sense map
+        def map_wn(self, version="wordnet"):
+            return None
+
     tok = WordPiece(vocab)
-    scorer = MeteorScorer(wordnet_source)
-    plain = load_wordnet(wordnet_source)
+    scorer = MeteorScorer(wordnet_source)  # also puts the root on nltk.data.path, as nltk requires
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        plain = PlainReader(str(wordnet_source.nltk_root / "corpora" / "wordnet"), None)
+    fast = scorer._reader
+    assert dict(fast._lemma_pos_offset_map) == dict(plain._lemma_pos_offset_map)
+    assert fast.satellite_offsets == plain.satellite_offsets
     rows = _rows(shared_data / "lpm-24" / "smiles2caption_example.txt")[:40]
     for r in rows:
         ref, out = tok.metric_tokens(r["ground truth"]), tok.metric_tokens(r["output"])
@@ -108,7 +119,7 @@ def _overall(values):
 def _reference_props(tokenize, refs, outs, props, combos):
     tp, fp, fn, tn = (defaultdict(int) for _ in range(4))
     prop_tok = [(tokenize(p.split("__")[-1].lower()), p) for p in props]
-    for gt, out in zip(refs, outs):
+    for gt, out in zip(refs, outs, strict=True):
         gtl, outl = tokenize(gt.lower()), tokenize(out.lower())
         for pl, prop in prop_tok:
             g, o = _contains(pl, gtl), _contains(pl, outl)
@@ -124,7 +135,7 @@ def _reference_props(tokenize, refs, outs, props, combos):
     }
     TP = TN = FP = FN = 0
     ct = [(tokenize(a.lower()), tokenize(b.lower())) for a, b in combos]
-    for gt, o in zip(refs, outs):
+    for gt, o in zip(refs, outs, strict=True):
         gtl, outl = tokenize(gt.lower()), tokenize(o.lower())
         for c1, c2 in ct:
             g1, o1, g2, o2 = (

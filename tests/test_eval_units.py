@@ -83,7 +83,7 @@ def test_chrf_from_stats_matches_sacrebleu(pairs, word_order):
     config = ChrfConfig(word_order=word_order)
     metric = config.metric()
     rows = [row_chrf(metric, ref, out) for ref, out in pairs]
-    for (ref, out), (sentence, _) in zip(pairs, rows):
+    for (ref, out), (sentence, _) in zip(pairs, rows, strict=True):
         assert sentence == config.metric().sentence_score(out, [ref]).score
     refs, outs = [p[0] for p in pairs], [p[1] for p in pairs]
     assert corpus_chrf_from_stats(metric, [s for _, s in rows]) == corpus_chrf(config, refs, outs)

@@ -38,8 +38,8 @@ def _randomise_adapters(model, key):
     nnx.update(model, jax.tree.unflatten(treedef, new))
 
 
-def _tiny_lora_model(seed=0, **lora):
-    config = ModelConfig.preset("tiny", vocab_size=VOCAB, rms_norm_eps=1e-5)
+def _tiny_lora_model(seed=0, config=None, **lora):
+    config = config or ModelConfig.preset("tiny", vocab_size=VOCAB, rms_norm_eps=1e-5)
     lora_config = LoraConfig(**{"r": 4, "alpha": 8.0, **lora})
     model = build_model(config, lora=lora_config, rngs=seed)
     _randomise_adapters(model, jax.random.key(seed + 100))
@@ -218,14 +218,22 @@ def test_peft_round_trip_gives_same_logits(model, tokenizer, peft_dir):
     np.testing.assert_allclose(_ours(fresh, ids, mask), before, rtol=0, atol=1e-6)
 
 
-def test_rslora_export_matches_peft(tokenizer, tmp_path):
+def test_rslora_subset_targets_tied_biased_model_matches_peft(tokenizer, tmp_path):
     peft = pytest.importorskip("peft")
-    model = _tiny_lora_model(
-        seed=3, r=8, alpha=4.0, use_rslora=True, target_modules=("q_proj", "v_proj")
+    config = ModelConfig.preset(
+        "tiny", vocab_size=VOCAB, tie_word_embeddings=True, attention_bias=True, mlp_bias=True
     )
+    model = _tiny_lora_model(
+        3, config, r=8, alpha=4.0, use_rslora=True, target_modules=("q_proj", "v_proj")
+    )
+    biases = nnx.state(model, lambda path, _: path[-1] == "bias")  # zeros at init: make them count
+    assert len(jax.tree.leaves(biases)) == 2 * 7  # q, k, v, o, gate, up, down per layer
+    nnx.update(model, jax.tree.map(lambda b: b + 0.1, biases))
     export_model(model, tmp_path, format="peft", dtype="float32")
     config = json.loads((tmp_path / "adapter_config.json").read_text())
     assert (config["use_rslora"], config["target_modules"]) == (True, ["q_proj", "v_proj"])
+    hf_config = json.loads((tmp_path / "base" / "config.json").read_text())
+    assert hf_config["tie_word_embeddings"] and hf_config["attention_bias"]
     base = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "base", dtype=torch.float32)
     peft_model = peft.PeftModel.from_pretrained(base, tmp_path).eval()
     ids, mask = _left_padded(tokenizer)

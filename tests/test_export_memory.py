@@ -1,8 +1,9 @@
-"""Host memory of the streaming export, measured by bench/export_memory.py in subprocesses.
+"""Host memory of the streaming export, measured by bench/export_memory.py in a subprocess.
 
-The merged export of a ~128 MB model must grow the RSS by at most about one tensor (the largest
-is the 33.5 MB embedding), while the naive gather-everything export, measured the same way, grows
-it by most of the model: the check that the measurement can see a whole-model copy.
+Exporting a ~128 MB model (merged, fp32) must grow the RSS by about one tensor: at least half
+the largest tensor (the 33.5 MB embedding, so the sampler does see the transient tensor; a
+measurement blind to it would fail) and at most 1.5x it + 16 MB, far below the model's size
+(the naive gather-everything export grows it by ~110 MB, see docs/export.md).
 """
 
 from __future__ import annotations
@@ -22,8 +23,7 @@ def test_merged_export_peak_rss_stays_near_one_tensor():
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     argv = ["--hidden", "512", "--mlp", "1376", "--layers", "4", "--vocab", "16384"]
-    argv += ["--max-shard-size", "20MB", "--modes", "merged,naive"]
-    merged, naive = bench.main(argv)
-    assert merged["written_mb"] > 100  # the whole model was written
-    assert merged["growth_mb"] < 1.5 * merged["largest_tensor_mb"] + 16, merged
-    assert naive["growth_mb"] > 0.75 * naive["written_mb"], naive
+    (merged,) = bench.main([*argv, "--max-shard-size", "20MB", "--modes", "merged"])
+    largest = merged["largest_tensor_mb"]
+    assert merged["written_mb"] > 100 and merged["model_mb"] > 3 * largest  # all of it written
+    assert 0.5 * largest < merged["growth_mb"] < 1.5 * largest + 16, merged

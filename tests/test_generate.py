@@ -280,3 +280,40 @@ def test_text_api_buckets_batches_and_keeps_order(pair):
     assert texts[3] == tok.decode(row)
     with pytest.raises(ValueError, match="top_p"):
         settings.replace(top_p=0.0)
+
+
+_MESH_SCRIPT = """
+import numpy as np, jax
+from almol_jax.generation import DecodeSettings, generate_token_ids
+from almol_jax.model import ModelConfig, build_model
+from almol_jax.sharding import make_mesh
+assert len(jax.devices()) == 2, jax.devices()
+config = ModelConfig.preset("tiny", vocab_size=90, eos_token_id=2, initializer_range=0.3)
+mesh = make_mesh({"data": 2, "fsdp": 1, "tensor": 1})
+sharded = build_model(config, rngs=0, mesh=mesh)
+plain = build_model(config, rngs=0)
+rng = np.random.default_rng(0)
+prompts = [[1] + rng.integers(3, 90, n).tolist() for n in (4, 9, 6, 2, 7)]
+settings = DecodeSettings(max_new_tokens=12, batch_size=4, prompt_buckets=(16,))
+a = generate_token_ids(sharded, prompts, settings, mesh=mesh)
+b = generate_token_ids(plain, prompts, settings)
+assert a == b, (a, b)
+print("OK", sum(map(len, a)))
+"""
+
+
+def test_data_parallel_mesh_equals_single_device(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+    env["JAX_PLATFORMS"] = "cpu"
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
+    out = subprocess.run(
+        [sys.executable, "-c", _MESH_SCRIPT], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.startswith("OK")

@@ -170,14 +170,24 @@ class DataSection:
         "off", "Prompt once per pair in one row (issue 8); auto = on for pair-scoring objectives."
     )
     builtin: str | None = _f(None, 'Embedded dataset instead of files: None or "rdkit_nci".')
+    prefix_sharing: Literal["auto", "on", "off"] = _f(
+        "auto",
+        "One row per triplet (prompt once; chosen and rejected see it, not each other); "
+        "auto: on for the preference objectives (almol_jax.data.prefix_sharing).",
+    )
+    packing: bool = _f(
+        False, "Pack several short examples per row (segment ids, positions restarting)."
+    )
 
 
 @dataclass(frozen=True)
 class TokenizerSection:
     """Which tokenizer turns text into ids."""
 
-    kind: Literal["hf", "byte", "sentencepiece"] = _f(
-        "byte", "hf: AutoTokenizer dir/hub id; byte: built-in byte-level; sentencepiece: a .model."
+    kind: Literal["hf", "byte", "sentencepiece", "builtin"] = _f(
+        "byte",
+        "hf: AutoTokenizer dir/hub id; byte: built-in byte-level; sentencepiece: a .model; "
+        "builtin: the data.builtin dataset's own tokenizer (resolved to hf by almol_jax.pipeline).",
     )
     path: str | None = _f(None, "Dir or hub id (hf), .model file (sentencepiece); None for byte.")
     add_bos: bool = _f(True, "Prepend the BOS token to every prompt (LLaMA convention).")
@@ -486,6 +496,9 @@ def validate(cfg: RunConfig) -> None:
     tk = cfg.tokenizer
     if tk.kind in ("hf", "sentencepiece"):
         _check(tk.path is not None, f"tokenizer.kind={tk.kind!r} needs tokenizer.path")
+    if tk.kind == "builtin":
+        _check(d.builtin is not None, "tokenizer.kind='builtin' needs data.builtin (e.g. rdkit_nci)")
+        _check(tk.path is None, f"tokenizer.kind='builtin' takes no path, got {tk.path!r}")
     _check(t.steps >= 0, f"train.steps={t.steps} must be >= 0")
     _check(t.steps > 0 or t.epochs > 0, f"train.epochs={t.epochs} must be > 0 when train.steps=0")
     _check(t.micro_batch_size >= 1, f"train.micro_batch_size={t.micro_batch_size} must be >= 1")

@@ -30,7 +30,9 @@ def row_stats(reference: Sequence[str], hypothesis: Sequence[str], max_order: in
             hyp_counts = Counter(hypothesis[i : i + n] for i in range(len(hypothesis) - n + 1))
             ref_counts = Counter(reference[i : i + n] for i in range(len(reference) - n + 1))
         else:
-            hyp_counts = Counter(tuple(hypothesis[i : i + n]) for i in range(len(hypothesis) - n + 1))
+            hyp_counts = Counter(
+                tuple(hypothesis[i : i + n]) for i in range(len(hypothesis) - n + 1)
+            )
             ref_counts = Counter(tuple(reference[i : i + n]) for i in range(len(reference) - n + 1))
         numerators.append(sum(min(c, ref_counts[g]) for g, c in hyp_counts.items()))
         # nltk's denominator is max(1, count): an empty hypothesis still contributes 1.
@@ -60,7 +62,7 @@ def corpus_bleu_from_stats(stats, weights: Sequence[float] = (0.25, 0.25, 0.25, 
         numerators[i] / denominators[i] if numerators[i] != 0 else sys.float_info.min
         for i in range(order)
     ]
-    s = (w_i * math.log(p_i) for w_i, p_i in zip(weights, p_n) if p_i > 0)
+    s = (w_i * math.log(p_i) for w_i, p_i in zip(weights, p_n, strict=True) if p_i > 0)
     return bp * math.exp(math.fsum(s))
 
 

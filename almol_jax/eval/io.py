@@ -136,7 +136,9 @@ def read_jsonl(path: str | os.PathLike, task: str | None = None) -> Predictions:
                 if value is None:
                     value = ""
                 if not isinstance(value, str):
-                    raise PredictionFileError(f"{path}:{line_no}: {key}={value!r:.80} is not a string")
+                    raise PredictionFileError(
+                        f"{path}:{line_no}: {key}={value!r:.80} is not a string"
+                    )
                 row.append(value)
             sources.append(row[0])
             references.append(row[1])
@@ -164,8 +166,12 @@ def write_tsv(path: str | os.PathLike, task: str, predictions: Predictions) -> N
     check_task(task)
     with open(path, "w", encoding="utf-8", newline="") as f:
         f.write(f"{TSV_SOURCE_COLUMN[task]}\tground truth\toutput\n")
-        for i, row in enumerate(zip(predictions.sources, predictions.references, predictions.outputs)):
+        for i, row in enumerate(
+            zip(predictions.sources, predictions.references, predictions.outputs, strict=True)
+        ):
             for value in row:
                 if "\t" in value or "\n" in value or "\r" in value:
-                    raise ValueError(f"row {i}: {value!r:.80} holds a tab or newline; use CSV/JSONL")
+                    raise ValueError(
+                        f"row {i}: {value!r:.80} holds a tab or newline; use CSV/JSONL"
+                    )
             f.write("\t".join(row) + "\n")

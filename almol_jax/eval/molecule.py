@@ -102,7 +102,11 @@ def aggregate_fts(per_row: Sequence[dict], averaging: str) -> dict:
             kept = [v for v in values if v is not None]
             out[key] = float(np.mean(kept)) if kept else float("nan")
         elif averaging == "lpm24":
-            out[key] = float(np.mean([0.0 if v is None else v for v in values])) if values else float("nan")
+            out[key] = (
+                float(np.mean([0.0 if v is None else v for v in values]))
+                if values
+                else float("nan")
+            )
         else:
             raise ValueError(f"fingerprint averaging={averaging!r} is not 'molt5' or 'lpm24'")
     return out
@@ -110,14 +114,12 @@ def aggregate_fts(per_row: Sequence[dict], averaging: str) -> dict:
 
 def uniqueness(outputs: Sequence[str], valid_output: Sequence[bool]) -> float:
     """L+M-24 uniqueness: distinct raw valid outputs / valid outputs (NaN when none)."""
-    kept = [o for o, v in zip(outputs, valid_output) if v]
+    kept = [o for o, v in zip(outputs, valid_output, strict=True) if v]
     return len(set(kept)) / len(kept) if kept else float("nan")
 
 
 # The SMILES tokenisation regex of Schwaller et al. (Molecular Transformer), for length stats.
-_SMILES_TOKEN_PATTERN = (
-    r"(\[[^\]]+]|Br?|Cl?|N|O|S|P|F|I|b|c|n|o|s|p|\(|\)|\.|=|#|-|\+|\\|\/|:|~|@|\?|>|\*|\$|%[0-9]{2}|[0-9])"
-)
+_SMILES_TOKEN_PATTERN = r"(\[[^\]]+]|Br?|Cl?|N|O|S|P|F|I|b|c|n|o|s|p|\(|\)|\.|=|#|-|\+|\\|\/|:|~|@|\?|>|\*|\$|%[0-9]{2}|[0-9])"
 
 
 def smiles_token_count(smiles: str) -> int:

@@ -76,7 +76,7 @@ def map_chunks(
         return out
     n_chunks = min(len(items), num_workers * chunks_per_worker)
     bounds = [round(i * len(items) / n_chunks) for i in range(n_chunks + 1)]
-    chunks = [items[a:b] for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+    chunks = [items[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
     context = mp.get_context(start_method or default_start_method())
     results: list = [None] * len(chunks)
     with ProcessPoolExecutor(

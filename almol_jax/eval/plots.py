@@ -41,12 +41,17 @@ def write_plots(output_dir: str | Path, task: str, per_row: Sequence[Mapping]) -
     if not keys:
         return paths
     length = _column(per_row, f"out_{unit}")
-    diff = [o - r for o, r in zip(length, _column(per_row, f"ref_{unit}"))]
+    diff = [o - r for o, r in zip(length, _column(per_row, f"ref_{unit}"), strict=True)]
     fig, axes = _figure(2)
     main = keys[0]
     score = _column(per_row, main)
-    for ax, x, label in ((axes[0], length, f"output length ({unit})"), (axes[1], diff, f"output - reference ({unit})")):
-        pts = [(a, b) for a, b in zip(x, score) if not (math.isnan(a) or math.isnan(b))]
+    for ax, x, label in (
+        (axes[0], length, f"output length ({unit})"),
+        (axes[1], diff, f"output - reference ({unit})"),
+    ):
+        pts = [
+            (a, b) for a, b in zip(x, score, strict=True) if not (math.isnan(a) or math.isnan(b))
+        ]
         if pts:
             ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=4, alpha=0.4)
         ax.set_xlabel(label)
@@ -56,7 +61,7 @@ def write_plots(output_dir: str | Path, task: str, per_row: Sequence[Mapping]) -
     paths["score_vs_length.png"] = out / "score_vs_length.png"
     fig.savefig(paths["score_vs_length.png"])
     fig, axes = _figure(len(keys))
-    for ax, key in zip(axes, keys):
+    for ax, key in zip(axes, keys, strict=True):
         values = [v for v in _column(per_row, key) if not math.isnan(v)]
         if values:
             ax.hist(values, bins=20)

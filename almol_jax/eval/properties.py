@@ -51,7 +51,9 @@ def load_combos(path: str | Path) -> list[tuple[str, str]]:
             try:
                 pair = ast.literal_eval(line.strip().split("\t")[0])
             except (ValueError, SyntaxError) as e:
-                raise ValueError(f"{path}:{line_no}: not a (prop, prop) tuple: {line.strip()!r:.80}") from e
+                raise ValueError(
+                    f"{path}:{line_no}: not a (prop, prop) tuple: {line.strip()!r:.80}"
+                ) from e
             if not (isinstance(pair, tuple) and len(pair) == 2):
                 raise ValueError(f"{path}:{line_no}: {pair!r:.80} is not a pair")
             combos.append((str(pair[0]), str(pair[1])))
@@ -108,9 +110,9 @@ def property_metrics(
     tp = dict.fromkeys(props, 0)
     fp, fn, tn = dict(tp), dict(tp), dict(tp)
     per_row = []
-    for r, o in zip(ref_text, out_text):
+    for r, o in zip(ref_text, out_text, strict=True):
         row = {"props_ref": 0, "props_out": 0, "props_tp": 0}
-        for name, p in zip(props, prop_text):
+        for name, p in zip(props, prop_text, strict=True):
             g, h = _present(p, r), _present(p, o)
             row["props_ref"] += g
             row["props_out"] += h
@@ -139,11 +141,14 @@ def property_metrics(
             metrics[f"props_{kind}__{key}"] = _mean_up(sub)
     if combos:
         pairs = [
-            (_joined(tokenize(a.split("__")[-1].lower())), _joined(tokenize(b.split("__")[-1].lower())))
+            (
+                _joined(tokenize(a.split("__")[-1].lower())),
+                _joined(tokenize(b.split("__")[-1].lower())),
+            )
             for a, b in combos
         ]
         ctp = cfp = cfn = ctn = 0
-        for r, o in zip(ref_text, out_text):
+        for r, o in zip(ref_text, out_text, strict=True):
             for a, b in pairs:
                 g1, g2 = _present(a, r), _present(b, r)
                 h1, h2 = _present(a, o), _present(b, o)

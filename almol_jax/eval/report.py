@@ -168,7 +168,9 @@ def write_report(
         md += ["## Resources", ""]
         for name, version in res.get("versions", {}).items():
             md.append(f"- {name}: {version or 'not installed'}")
-        md.append(f"- SciBERT vocab: {res.get('scibert_vocab')} (sha256 {res.get('scibert_vocab_sha256')})")
+        md.append(
+            f"- SciBERT vocab: {res.get('scibert_vocab')} (sha256 {res.get('scibert_vocab_sha256')})"
+        )
         md.append(f"- WordNet: {res.get('wordnet_source')} (version {res.get('wordnet_version')})")
         for key, why in res.get("skipped", {}).items():
             md.append(f"- skipped `{key}`: {why}")

@@ -23,7 +23,9 @@ WORDNET_ENV = "NLTK_DATA"
 CACHE_ENV = "ALMOL_CACHE_DIR"
 DEBIAN_WORDNET_DIR = Path("/usr/share/wordnet")
 REPO_ROOT = Path(__file__).resolve().parents[2]
-SHARED_SCIBERT_VOCAB = REPO_ROOT.parent / "shared" / "data" / "scibert_scivocab_uncased" / "vocab.txt"
+SHARED_SCIBERT_VOCAB = (
+    REPO_ROOT.parent / "shared" / "data" / "scibert_scivocab_uncased" / "vocab.txt"
+)
 
 SCIBERT_HINT = f"hf download {SCIBERT_REPO_ID} vocab.txt"
 WORDNET_HINT = "apt-get install -y wordnet-base wordnet-sense-index"
@@ -237,16 +239,63 @@ def load_wordnet(source: WordNetSource):
     from nltk.corpus.reader.wordnet import WordNetCorpusReader
 
     class _EnglishWordNetReader(WordNetCorpusReader):
-        # The base __init__ builds a WordNet-to-WordNet sense map (two passes over index.sense,
-        # ~7 s) that only the multilingual OMW functions use; METEOR needs synsets() alone.
+        """nltk's reader with a faster start-up; same synsets (tested against the base class).
+
+        - The base __init__ builds a WordNet-to-WordNet sense map (two passes over index.sense,
+          ~7 s) that only the multilingual OMW functions use; METEOR needs synsets() alone.
+        - The index and data.adj scans read the files with Python's own buffered I/O instead
+          of nltk's seekable stream reader (~5x faster); the parsing is the base class's.
+        """
+
         def map_wn(self, version="wordnet"):
             return None
+
+        def _path(self, name: str) -> str:
+            return os.path.join(self.root.path, name)
+
+        def _scan_satellites(self):
+            satellites = set()
+            with open(self._path("data.adj"), encoding="utf8") as f:
+                for line in f:
+                    if not line.strip() or line.startswith(" "):
+                        continue
+                    fields = line.split()
+                    if len(fields) >= 3 and fields[2] == "s":
+                        satellites.add(int(fields[0]))
+            self.satellite_offsets = satellites
+
+        def _load_lemma_pos_offset_map(self):
+            from nltk.corpus.reader.wordnet import ADJ, ADJ_SAT, WordNetError
+
+            satellites = self.satellite_offsets
+            table = self._lemma_pos_offset_map
+            for suffix in self._FILEMAP.values():
+                with open(self._path(f"index.{suffix}"), encoding="utf8") as f:
+                    for i, line in enumerate(f):
+                        if line.startswith(" "):
+                            continue
+                        tokens = line.split()
+                        try:
+                            lemma, pos, n_synsets = tokens[0], tokens[1], int(tokens[2])
+                            assert n_synsets > 0
+                            n_pointers = int(tokens[3])
+                            at = 4 + n_pointers
+                            assert int(tokens[at]) == n_synsets
+                            offsets = [int(t) for t in tokens[at + 2 : at + 2 + n_synsets]]
+                            assert len(offsets) == n_synsets
+                        except (AssertionError, ValueError, IndexError) as e:
+                            raise WordNetError(f"file index.{suffix}, line {i + 1}: {e}") from e
+                        table[lemma][pos] = offsets
+                        if pos == ADJ:
+                            table[lemma][ADJ_SAT] = [o for o in offsets if o in satellites]
 
     root = str(source.nltk_root)
     if root not in nltk.data.path:
         nltk.data.path.append(root)
     wn_dir = source.nltk_root / "corpora" / "wordnet"
-    pointer = str(wn_dir) if wn_dir.is_dir() else nltk.data.find(f"{root}/corpora/wordnet.zip/wordnet/")
+    pointer = (
+        str(wn_dir) if wn_dir.is_dir() else nltk.data.find(f"{root}/corpora/wordnet.zip/wordnet/")
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "multilingual functions are not available"
         return _EnglishWordNetReader(pointer, None)

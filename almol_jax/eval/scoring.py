@@ -42,7 +42,9 @@ class EvalOptions:
 
     def __post_init__(self):
         if self.fingerprint_averaging not in ("molt5", "lpm24"):
-            raise ValueError(f"fingerprint_averaging={self.fingerprint_averaging!r} is not 'molt5' or 'lpm24'")
+            raise ValueError(
+                f"fingerprint_averaging={self.fingerprint_averaging!r} is not 'molt5' or 'lpm24'"
+            )
         if self.morgan_radius < 0:
             raise ValueError(f"morgan_radius={self.morgan_radius} must be >= 0")
         if self.text_trunc_length < 1:
@@ -118,7 +120,7 @@ def score_caption2smiles(
         want_fcd = fcd_available()
     rows = map_chunks(
         _c2s_chunk,
-        list(zip(references, outputs)),
+        list(zip(references, outputs, strict=True)),
         state=(options.morgan_radius, options.chrf, want_fcd),
         num_workers=options.num_workers,
         progress=options.progress,
@@ -143,14 +145,16 @@ def score_caption2smiles(
         from almol_jax.eval.fcd import fcd_score
 
         if want_fcd:
-            metrics["fcd"] = fcd_score([c[0] for c in canon], [c[1] for c in canon], device=options.fcd_device)
+            metrics["fcd"] = fcd_score(
+                [c[0] for c in canon], [c[1] for c in canon], device=options.fcd_device
+            )
         else:
             resources.skipped["fcd"] = "fcd_torch is not installed (pip install fcd_torch==1.0.7)"
     else:
         resources.skipped["fcd"] = "disabled (--no-fcd)"
     metrics["chrf"] = corpus_chrf_from_stats(options.chrf.metric(), [r.pop("_chrf") for r in rows])
     metrics["chrf_sentence_mean"] = float(np.mean([r["chrf"] for r in rows])) if n else nan
-    for i, (src, ref, hyp) in enumerate(zip(sources or [""] * n, references, outputs)):
+    for i, (src, ref, hyp) in enumerate(zip(sources or [""] * n, references, outputs, strict=True)):
         rows[i] = {
             "row": i,
             "source": src,
@@ -251,7 +255,7 @@ def score_smiles2caption(
         out_tok = [o.split() for o in outputs]
     rows = map_chunks(
         _s2c_chunk,
-        list(zip(references, outputs, ref_tok, out_tok)),
+        list(zip(references, outputs, ref_tok, out_tok, strict=True)),
         state=(meteor, options.chrf),
         num_workers=options.num_workers,
         progress=options.progress,
@@ -269,7 +273,9 @@ def score_smiles2caption(
     for key in ("rouge1", "rouge2", "rougeL"):
         metrics[key] = float(np.mean([r[key] for r in rows])) if n else nan
     metrics["meteor"] = (
-        float(np.mean([r["meteor"] for r in rows])) if (n and meteor is not None and tokenizer) else nan
+        float(np.mean([r["meteor"] for r in rows]))
+        if (n and meteor is not None and tokenizer)
+        else nan
     )
     metrics["chrf"] = corpus_chrf_from_stats(options.chrf.metric(), [r.pop("_chrf") for r in rows])
     metrics["chrf_sentence_mean"] = float(np.mean([r["chrf"] for r in rows])) if n else nan
@@ -283,7 +289,7 @@ def score_smiles2caption(
         )
         metrics.update(prop_metrics)
     unit = "tokens" if tokenizer is not None else "words"
-    for i, (src, ref, hyp) in enumerate(zip(sources or [""] * n, references, outputs)):
+    for i, (src, ref, hyp) in enumerate(zip(sources or [""] * n, references, outputs, strict=True)):
         rows[i] = {
             "row": i,
             "source": src,

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import functools
 import os
-
 from collections.abc import Sequence
 from pathlib import Path
 

@@ -49,8 +49,11 @@ def filter_logits(logits_BV: jax.Array, settings: DecodeSettings) -> jax.Array:
     return top_p_filter(logits_BV, settings.top_p)
 
 
-def select_next_token(logits_BV: jax.Array, key: jax.Array, settings: DecodeSettings) -> jax.Array:
-    """Returns int32 token ids `[B]`: argmax for greedy, a categorical draw for sampling."""
+def select_next_token(
+    logits_BV: jax.Array, key: jax.Array | None, settings: DecodeSettings
+) -> jax.Array:
+    """Returns int32 token ids `[B]`: argmax for greedy (key unused, may be None), a
+    categorical draw for sampling."""
     if settings.method == "greedy":
         return jnp.argmax(logits_BV, axis=-1).astype(jnp.int32)
     if settings.method == "sample":

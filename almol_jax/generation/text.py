@@ -74,6 +74,14 @@ def plan_batches(lengths: Sequence[int], settings: DecodeSettings) -> list[tuple
     return plan
 
 
+def _batch_axes(sharding) -> set[str]:
+    """Mesh axes that split the batch dimension of a NamedSharding."""
+    first = sharding.spec[0] if len(sharding.spec) else None
+    if first is None:
+        return set()
+    return {first} if isinstance(first, str) else set(first)
+
+
 def strip_output(tokens: np.ndarray, length: int, eos_ids: Sequence[int]) -> list[int]:
     """A row's generated ids without the trailing EOS."""
     row = [int(t) for t in tokens[:length]]
@@ -109,6 +117,12 @@ def generate_token_ids(
         from almol_jax.sharding import batch_sharding
 
         sharding = batch_sharding(mesh, rules)
+        shards = int(np.prod([mesh.shape[a] for a in _batch_axes(sharding)]))
+        if settings.batch_size % shards:
+            raise ValueError(
+                f"batch_size={settings.batch_size} is not divisible by the {shards} batch shards "
+                f"of the mesh {dict(mesh.shape)}"
+            )
     outputs: list[list[int] | None] = [None] * len(prompt_ids)
     plan = plan_batches([len(p) for p in prompt_ids], settings)
     for n, (bucket, idx) in enumerate(plan):

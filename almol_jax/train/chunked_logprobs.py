@@ -47,15 +47,17 @@ def lm_head_weight(model) -> jax.Array:
 
 
 def _chunk_size(padded_vocab: int, requested: int) -> int:
-    """Largest multiple of 128 that divides Vp and is <= requested (Vp itself if small)."""
+    """Chunk width: ceil(Vp / n) rounded up to 128 for n = ceil(Vp / requested) chunks.
+
+    The last chunk may overlap the previous one; label_logprobs masks the overlap.
+    """
     if requested <= 0:
         raise ValueError(f"vocab chunk size {requested=} must be positive")
     if padded_vocab <= requested:
         return padded_vocab
-    for c in range(requested - requested % 128, 0, -128):
-        if padded_vocab % c == 0:
-            return c
-    return padded_vocab  # no 128-multiple divisor: one chunk
+    n = -(-padded_vocab // requested)
+    per_chunk = -(-padded_vocab // n)
+    return min(-(-per_chunk // 128) * 128, padded_vocab)
 
 
 def label_logprobs(
@@ -84,11 +86,14 @@ def label_logprobs(
     c = _chunk_size(vp, vocab_chunk)
 
     def chunk_lse(start):
-        w_DC = jax.lax.dynamic_slice_in_dim(w_DV, start, c, axis=1)
+        # the last chunk is shifted left to stay in bounds; columns < start were counted already
+        first = jnp.minimum(start, vp - c)
+        w_DC = jax.lax.dynamic_slice_in_dim(w_DV, first, c, axis=1)
         logits_BLC = jnp.einsum("bld,dc->blc", h_BLD, w_DC, preferred_element_type=jnp.float32)
-        if vocab_size < vp:
-            col_C = start + jnp.arange(c)
-            logits_BLC = jnp.where(col_C < vocab_size, logits_BLC, -jnp.inf)
+        col_C = first + jnp.arange(c)
+        if vocab_size < vp or vp % c:
+            keep_C = (col_C < vocab_size) & (col_C >= start)
+            logits_BLC = jnp.where(keep_C, logits_BLC, -jnp.inf)
         return jax.nn.logsumexp(logits_BLC, axis=-1)
 
     if c == vp:

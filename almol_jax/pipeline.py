@@ -1,0 +1,215 @@
+"""After-training orchestration: what `train.py` does once `run_training` returns.
+
+`resolve_builtin(cfg)` turns `tokenizer.kind: builtin` into the embedded dataset's tokenizer
+directory (building or reusing the dataset), so every later step sees a plain HF tokenizer path.
+`after_training(cfg, summary)` runs what the config's `eval.at_end` / `export.at_end` ask for:
+- evaluation of the test split in `eval.directions` with the checkpoint evaluator, twice: the
+  untrained model ("step 0": the same seeded random init, or a LoRA run's base with adapters
+  off) and the best checkpoint (lowest validation loss), both written under `<run_dir>/eval/`;
+- the Hugging Face export of the best checkpoint (`export.format`, `export.dir`);
+- a step-0 vs final table (test metrics, plus CPO's validation reward accuracy read from
+  metrics.jsonl), printed and written to `<run_dir>/demo_summary.{json,md}`.
+Plain host Python: the heavy lifting is in `evaluate_checkpoint` and `export_run`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+SUMMARY_JSON = "demo_summary.json"
+SUMMARY_MD = "demo_summary.md"
+STEP0_DIR = "test-step0"
+
+# (metric key, label, higher is better) shown in the summary table, per direction.
+TABLE_METRICS: dict[str, tuple[tuple[str, str, bool], ...]] = {
+    "smiles2caption": (
+        ("bleu2", "BLEU-2", True),
+        ("bleu4", "BLEU-4", True),
+        ("rouge1", "ROUGE-1", True),
+        ("rougeL", "ROUGE-L", True),
+        ("meteor", "METEOR", True),
+        ("chrf", "chrF", True),
+    ),
+    "caption2smiles": (
+        ("validity", "validity", True),
+        ("exact_match", "exact match", True),
+        ("bleu", "BLEU", True),
+        ("levenshtein", "Levenshtein", False),
+        ("morgan_fts_lpm24", "Morgan FTS (invalid = 0)", True),
+        ("maccs_fts_lpm24", "MACCS FTS (invalid = 0)", True),
+        ("morgan_fts_molt5", "Morgan FTS (valid only)", True),
+        ("fcd", "FCD", False),
+        ("chrf", "chrF", True),
+    ),
+}
+VALIDATION_METRICS = ("eval/rewards/accuracies", "eval/rewards/margins", "eval/loss", "eval/nll_loss")
+
+
+def resolve_builtin(cfg: Any) -> Any:
+    """`cfg` with `tokenizer.kind: builtin` replaced by the built-in dataset's tokenizer dir.
+
+    Builds (or reuses, from its cache) the dataset that `data.builtin` names; any other
+    tokenizer kind is returned unchanged.
+    """
+    if cfg.tokenizer.kind != "builtin":
+        return cfg
+    if cfg.data.builtin != "rdkit_nci":
+        raise ValueError(
+            f"tokenizer.kind='builtin' needs data.builtin='rdkit_nci', got {cfg.data.builtin!r}"
+        )
+    from almol_jax.data.demo import build_demo_dataset
+
+    paths = build_demo_dataset()
+    tokenizer = dataclasses.replace(cfg.tokenizer, kind="hf", path=str(paths.tokenizer_dir))
+    return dataclasses.replace(cfg, tokenizer=tokenizer)
+
+
+def validation_curve(run_dir: str | Path) -> list[dict[str, float]]:
+    """The validation records of metrics.jsonl ({"step", "eval/..."}), in step order."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+    return sorted((r for r in records if "eval/loss" in r), key=lambda r: r["step"])
+
+
+def _float(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+def _fmt(value: float) -> str:
+    return "n/a" if not math.isfinite(value) else f"{value:.4f}"
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """The step-0 vs final Markdown table of an `after_training` summary."""
+    lines = ["| direction | metric | step 0 | final | better |", "|---|---|---:|---:|:---:|"]
+    for direction, rows in summary.get("test", {}).items():
+        for row in rows:
+            before, after = row["step0"], row["final"]
+            if math.isfinite(before) and math.isfinite(after):
+                better = "yes" if (after > before) == row["higher_is_better"] else "no"
+                better = "=" if _fmt(after) == _fmt(before) else better
+            else:
+                better = "-"
+            lines.append(
+                f"| {direction} | {row['label']} | {_fmt(before)} | {_fmt(after)} | {better} |"
+            )
+    val = summary.get("validation") or {}
+    if val:
+        first, last = val["first"], val["last"]
+        for key in VALIDATION_METRICS:
+            if key in first:
+                lines.append(
+                    f"| validation | {key[5:]} | {_fmt(first[key])} (step {first['step']}) | "
+                    f"{_fmt(last[key])} (step {last['step']}) | |"
+                )
+    return "\n".join(lines)
+
+
+def _comparison(direction: str, before: dict, after: dict) -> list[dict[str, Any]]:
+    return [
+        {
+            "metric": key,
+            "label": label,
+            "higher_is_better": higher,
+            "step0": _float(before.get(key)),
+            "final": _float(after.get(key)),
+        }
+        for key, label, higher in TABLE_METRICS[direction]
+        if key in before or key in after
+    ]
+
+
+def after_training(
+    cfg: Any, summary: dict[str, Any], *, progress: bool = True, plots: bool = True
+) -> dict[str, Any]:
+    """Evaluates (step 0 and best) and exports a finished run as `cfg` asks; returns the summary.
+
+    `cfg` must be the config the run trained with (after `resolve_builtin`); `summary` is
+    `run_training`'s return value (its "run_dir" locates the run). Does nothing (returns an
+    empty summary) when neither `eval.at_end` nor `export.at_end` is set.
+    """
+    from almol_jax.config import directions_of
+
+    run_dir = Path(summary["run_dir"])
+    out: dict[str, Any] = {"run_dir": str(run_dir), "seconds": {}}
+    if not (cfg.eval.at_end or cfg.export.at_end):
+        return out
+    curve = validation_curve(run_dir)
+    if curve:
+        out["validation"] = {"first": curve[0], "last": curve[-1], "curve": curve}
+    if cfg.eval.at_end:
+        from almol_jax.eval import EvalOptions
+        from almol_jax.evaluate_checkpoint import evaluate_checkpoint
+
+        averaging = cfg.eval.fingerprint_averaging
+        options = EvalOptions(
+            fingerprint_averaging="molt5" if averaging == "both" else averaging,
+            skip_unavailable=True,  # a missing WordNet/SciBERT vocab skips its metric, no crash
+            progress=progress,
+        )
+        directions = directions_of(cfg.eval.directions)
+        common = dict(
+            split="test",
+            directions=directions,
+            limit=cfg.eval.limit,
+            options=options,
+            plots=plots,
+            progress=progress,
+        )
+        results = {}
+        for name, adapters, output_dir in (
+            ("step0", False, run_dir / "eval" / STEP0_DIR),
+            ("final", True, None),
+        ):
+            if progress:
+                print(f"evaluating the {'untrained (step 0)' if name == 'step0' else 'best'} model")
+            start = time.perf_counter()
+            results[name] = evaluate_checkpoint(
+                cfg, run_dir, adapters=adapters, output_dir=output_dir, step="best", **common
+            )
+            out["seconds"][f"eval_{name}"] = time.perf_counter() - start
+        out["best_step"] = _best_step(run_dir)
+        out["eval_dirs"] = {
+            "step0": str(run_dir / "eval" / STEP0_DIR),
+            "final": str(run_dir / "eval" / f"test-step{out['best_step']}"),
+        }
+        out["test"] = {
+            d: _comparison(d, results["step0"][d], results["final"][d]) for d in directions
+        }
+    if cfg.export.at_end:
+        from almol_jax.export.run import export_dir_of, export_run
+
+        start = time.perf_counter()
+        ex = cfg.export
+        path = export_run(
+            run_dir,
+            export_dir_of(cfg),
+            format=ex.format,
+            dtype=ex.dtype,
+            max_shard_size=ex.max_shard_size,
+            step="best",
+        )
+        out["export_dir"] = str(Path(path).absolute())
+        out["seconds"]["export"] = time.perf_counter() - start
+    (run_dir / SUMMARY_JSON).write_text(
+        json.dumps(out, indent=2, default=str) + "\n", encoding="utf-8"
+    )
+    (run_dir / SUMMARY_MD).write_text(format_summary(out) + "\n", encoding="utf-8")
+    return out
+
+
+def _best_step(run_dir: Path) -> int | None:
+    from almol_jax.train.checkpoint import best_step, latest_step
+
+    step = best_step(run_dir)
+    return latest_step(run_dir) if step is None else step
