@@ -47,7 +47,12 @@ TABLE_METRICS: dict[str, tuple[tuple[str, str, bool], ...]] = {
         ("chrf", "chrF", True),
     ),
 }
-VALIDATION_METRICS = ("eval/rewards/accuracies", "eval/rewards/margins", "eval/loss", "eval/nll_loss")
+VALIDATION_METRICS = (
+    "eval/rewards/accuracies",
+    "eval/rewards/margins",
+    "eval/loss",
+    "eval/nll_loss",
+)
 
 
 def resolve_builtin(cfg: Any) -> Any:

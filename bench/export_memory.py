@@ -48,6 +48,7 @@ def measure(args: argparse.Namespace) -> dict:
     from flax import nnx
 
     from almol_jax.export import export_model
+    from almol_jax.export.streaming import numpy_dtype
     from almol_jax.export.tensors import model_tensor_specs
     from almol_jax.model import LoraConfig, LoRAParam, ModelConfig, build_model
 
@@ -66,7 +67,8 @@ def measure(args: argparse.Namespace) -> dict:
     jax.block_until_ready(nnx.state(model))
     model_bytes = sum(x.nbytes for x in jax.tree.leaves(nnx.state(model)))
     specs = model_tensor_specs(model, np.dtype(np.float32), merge_lora=True)
-    largest = max(s.nbytes for s in specs)
+    out_dtype = np.dtype(np.float32) if args.mode == "naive" else numpy_dtype(args.dtype)
+    largest = max(s.nbytes for s in model_tensor_specs(model, out_dtype, merge_lora=True))
     gc.collect()
     proc = psutil.Process()
     with tempfile.TemporaryDirectory() as tmp:

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import jax
 import numpy as np
+import pytest
 from flax import nnx
-from train_runs import REPO, env_with_devices, train_cmd, train_records
+from train_runs import NO_VALIDATION, REPO, env_with_devices, train_cmd, train_records
 
 from almol_jax.train.checkpoint import latest_step, restore_for_inference
 from almol_jax.train.optimizer import trainable_filter
@@ -18,7 +19,7 @@ from almol_jax.train.optimizer import trainable_filter
 RUN = (
     "train.steps=40",
     "checkpoint.every=4",
-    "train.eval_every=1000",
+    NO_VALIDATION,
     "checkpoint.async_save=true",
 )
 
@@ -53,6 +54,7 @@ def _losses(run_dir):
     ]
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_matches_uninterrupted_run_bitwise(tmp_path):
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     proc = subprocess.Popen(
@@ -102,7 +104,7 @@ def test_sigkill_then_resume_matches_uninterrupted_run_bitwise(tmp_path):
 def test_sigterm_saves_a_checkpoint_and_exits_zero(tmp_path):
     run_dir = tmp_path / "term"
     proc = subprocess.Popen(
-        train_cmd(run_dir, "train.steps=5000", "checkpoint.every=10000", "train.eval_every=10000"),
+        train_cmd(run_dir, "train.steps=5000", "checkpoint.every=10000", NO_VALIDATION),
         env=env_with_devices(1),
         cwd=REPO,
         stdout=subprocess.PIPE,

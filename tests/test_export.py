@@ -17,7 +17,7 @@ import pytest
 from flax import nnx
 
 from almol_jax.data.tokenizer import byte_tokenizer
-from almol_jax.export import export_model, load_peft_adapter, read_peft_config
+from almol_jax.export import export_model, load_peft_adapter, load_with_adapter, read_peft_config
 from almol_jax.model import LlamaForCausalLM, LoraConfig, LoRAParam, ModelConfig, build_model
 from almol_jax.model.lora import PEFT_LINEAR_NAMES
 
@@ -209,13 +209,27 @@ def test_peft_round_trip_gives_same_logits(model, tokenizer, peft_dir):
     lora = read_peft_config(peft_dir)
     assert (lora.r, lora.scale, lora.use_rslora) == (4, 2.0, False)
     assert all(lora.targets(name) for name in PEFT_LINEAR_NAMES)
-    fresh = nnx.clone(model)  # same base, other adapters
-    _randomise_adapters(fresh, jax.random.key(7))
+    # Base from peft_dir/base (its HF export) + adapters: both halves round-trip through files.
+    loaded = load_with_adapter(peft_dir, dtype="float32")
     ids, mask = _left_padded(tokenizer)
     before = _ours(model, ids, mask)
+    np.testing.assert_allclose(_ours(loaded, ids, mask), before, rtol=0, atol=1e-5)
+    fresh = nnx.clone(model)  # same base, other adapters, then the exported ones loaded in
+    _randomise_adapters(fresh, jax.random.key(7))
     assert np.abs(_ours(fresh, ids, mask) - before).max() > 1e-2
     load_peft_adapter(fresh, peft_dir)
     np.testing.assert_allclose(_ours(fresh, ids, mask), before, rtol=0, atol=1e-6)
+
+
+def test_unsupported_adapter_configs_are_named(peft_dir, tmp_path):
+    config = json.loads((peft_dir / "adapter_config.json").read_text())
+    (tmp_path / "adapter_config.json").write_text(
+        json.dumps({**config, "alpha_pattern": {"q_proj": 2}})
+    )
+    with pytest.raises(ValueError, match="alpha_pattern=.*not supported"):
+        load_with_adapter(tmp_path)
+    with pytest.raises(ValueError, match="no adapter_config.json"):
+        load_with_adapter(tmp_path / "absent")
 
 
 def test_rslora_subset_targets_tied_biased_model_matches_peft(tokenizer, tmp_path):

@@ -82,6 +82,7 @@ def test_export_run_merged_matches_the_checkpointed_model(run, tmp_path):
     assert generation == {
         "bos_token_id": 1,
         "eos_token_id": 2,
+        "pad_token_id": 3,  # the model config has none: the tokenizer's
         "do_sample": False,
         "max_new_tokens": 300,
     }

@@ -21,6 +21,7 @@ from almol_jax import load_model  # noqa: E402
 from almol_jax.generation import (  # noqa: E402
     DecodeSettings,
     decode_tokens,
+    encode_prompts,
     filter_logits,
     generate_texts,
     generate_token_ids,
@@ -263,7 +264,7 @@ def test_text_api_buckets_batches_and_keeps_order(pair):
     _, ours, eos = pair
     tok = _CharTokenizer()
     prompts = ["abc", "hello", "a", "qwertyuiopasdfgh", "zz", "mnopqrs", "xy"]
-    settings = DecodeSettings(max_new_tokens=12, batch_size=3, prompt_buckets=(4, 8, 20))
+    settings = DecodeSettings(max_new_tokens=12, batch_size=3, prompt_buckets=(8, 20))
     texts = generate_texts(ours, tok, prompts, settings)
     ids = generate_token_ids(
         ours,
@@ -278,6 +279,9 @@ def test_text_api_buckets_batches_and_keeps_order(pair):
     )
     row = [int(t) for t in tokens[0, : lengths[0]] if t != eos]
     assert texts[3] == tok.decode(row)
+    # Too-long prompts keep BOS and their end (the training truncation policy).
+    kept = encode_prompts(tok, ["abcdefgh"], add_bos=True, max_length=4)
+    assert kept == [[1] + tok("fgh")["input_ids"]]
     with pytest.raises(ValueError, match="top_p"):
         settings.replace(top_p=0.0)
 

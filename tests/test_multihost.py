@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 from flax import nnx
-from train_runs import REPO, env_with_devices, train_cmd, train_records
+from train_runs import NO_VALIDATION, REPO, env_with_devices, train_cmd, train_records
 
 from almol_jax.train.checkpoint import latest_step, restore_for_inference
 from almol_jax.train.distributed import environment_says_multihost, should_initialize
@@ -52,7 +52,7 @@ def _params(run_dir):
 
 
 def test_one_device_equals_eight_devices_data_fsdp_tensor(tmp_path):
-    common = ("train.steps=5", "train.eval_every=1000", "checkpoint.every=1000")
+    common = ("train.steps=5", NO_VALIDATION, "checkpoint.every=1000")
     one = _launch(tmp_path / "one", *common, "mesh.data=1", "mesh.fsdp=1", devices=1)
     eight = _launch(
         tmp_path / "eight", *common, "mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2", devices=8
@@ -65,8 +65,9 @@ def test_one_device_equals_eight_devices_data_fsdp_tensor(tmp_path):
             np.testing.assert_allclose(rb[key], ra[key], rtol=1e-5, atol=0, err_msg=key)
 
 
+@pytest.mark.slow
 def test_two_processes_train_on_one_mesh_and_a_single_process_restores(tmp_path):
-    run = ("train.steps=3", "train.eval_every=1000", "checkpoint.every=1000")
+    run = ("train.steps=3", NO_VALIDATION, "checkpoint.every=1000")
     mesh = ("mesh.data=2", "mesh.fsdp=2")
     port = _free_port()
     hosts = [

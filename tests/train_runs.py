@@ -11,10 +11,13 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "configs" / "tiny.yaml"
+CACHE = Path(tempfile.gettempdir()) / f"almol_jax_test_xla_cache_{os.getuid()}"
+NO_VALIDATION = "data.validation_files=[]"
 
 SMALL = (
     "model.overrides.hidden_size=64",
@@ -40,6 +43,10 @@ def env_with_devices(count: int) -> dict[str, str]:
     env["JAX_PLATFORMS"] = "cpu"
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # Runs of the same program (restarts, references) reuse compiled executables.
+    env["JAX_COMPILATION_CACHE_DIR"] = str(CACHE)
+    env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+    env["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
     return env
 
 

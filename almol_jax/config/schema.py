@@ -497,7 +497,9 @@ def validate(cfg: RunConfig) -> None:
     if tk.kind in ("hf", "sentencepiece"):
         _check(tk.path is not None, f"tokenizer.kind={tk.kind!r} needs tokenizer.path")
     if tk.kind == "builtin":
-        _check(d.builtin is not None, "tokenizer.kind='builtin' needs data.builtin (e.g. rdkit_nci)")
+        _check(
+            d.builtin is not None, "tokenizer.kind='builtin' needs data.builtin (e.g. rdkit_nci)"
+        )
         _check(tk.path is None, f"tokenizer.kind='builtin' takes no path, got {tk.path!r}")
     _check(t.steps >= 0, f"train.steps={t.steps} must be >= 0")
     _check(t.steps > 0 or t.epochs > 0, f"train.epochs={t.epochs} must be > 0 when train.steps=0")

@@ -32,12 +32,20 @@ def hf_config_dict(model_config: Any, dtype: str) -> dict:
     return config
 
 
-def generation_config_dict(model_config: Any, *, max_new_tokens: int | None = None) -> dict:
-    """generation_config.json: special ids and greedy decoding (the paper's setting)."""
+def generation_config_dict(
+    model_config: Any, *, max_new_tokens: int | None = None, tokenizer: Any = None
+) -> dict:
+    """generation_config.json: special ids and greedy decoding (the paper's setting).
+
+    The pad id is the model config's, else the tokenizer's (LLaMA configs often have none).
+    """
+    pad_token_id = model_config.pad_token_id
+    if pad_token_id is None and tokenizer is not None:
+        pad_token_id = getattr(tokenizer, "pad_token_id", None)
     config: dict[str, Any] = {
         "bos_token_id": model_config.bos_token_id,
         "eos_token_id": model_config.eos_token_id,
-        "pad_token_id": model_config.pad_token_id,
+        "pad_token_id": pad_token_id,
         "do_sample": False,
     }
     if max_new_tokens is not None:
@@ -89,7 +97,7 @@ def export_merged(
     write_json(out_dir / "config.json", hf_config_dict(model.config, dtype))
     write_json(
         out_dir / "generation_config.json",
-        generation_config_dict(model.config, max_new_tokens=max_new_tokens),
+        generation_config_dict(model.config, max_new_tokens=max_new_tokens, tokenizer=tokenizer),
     )
     save_tokenizer(tokenizer, out_dir)
     return out_dir

@@ -28,6 +28,7 @@ def abstract_model(config: ModelConfig, *, lora: LoraConfig | None = None):
     return nnx.split(abstract)
 
 
+_DROPOUT_SALT = 0x5EED  # folds the init key into the LoRA-dropout stream's key
 _SELECTIONS = {"all": ..., "non_param": nnx.Not(nnx.Param)}
 
 
@@ -37,7 +38,9 @@ def _jitted_init(config, lora, mesh, rules, only: str):
     selection = _SELECTIONS[only]
 
     def init(key):
-        model = LlamaForCausalLM(config, lora=lora, rngs=nnx.Rngs(key))
+        # params come from `key` itself; the LoRA-dropout stream from a key derived from it
+        rngs = nnx.Rngs(params=key, dropout=jax.random.fold_in(key, _DROPOUT_SALT))
+        model = LlamaForCausalLM(config, lora=lora, rngs=rngs)
         return nnx.state(model, selection)
 
     if mesh is None:
@@ -79,7 +82,7 @@ def build_model(
     """A randomly initialised model (HF-like init: N(0, initializer_range), LoRA like PEFT).
 
     `rngs` may be an nnx.Rngs (its "params" stream, else "default", gives the key), a PRNG key or
-    an int seed. With a mesh, every variable is created directly with its NamedSharding.
+    an int seed; the LoRA-dropout stream is derived from that key. With a mesh, every variable is created directly with its NamedSharding.
     """
     if isinstance(rngs, nnx.Rngs):
         key = rngs.params() if "params" in rngs else rngs.default()

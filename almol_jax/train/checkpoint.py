@@ -165,6 +165,17 @@ def read_meta(run_dir: str | Path, step: int) -> dict[str, Any]:
     return restored.meta
 
 
+def _inference_mesh(cfg, make_run_mesh):
+    """The run's own mesh when this process's devices fit it, else all devices on "fsdp" (e.g. a
+    pod-trained run evaluated on one accelerator)."""
+    try:
+        return make_run_mesh(cfg)
+    except ValueError:
+        from almol_jax.sharding import make_mesh
+
+        return make_mesh(None)
+
+
 def restore_for_inference(run_dir_or_step_dir: str | Path, mesh=None, *, step: str | int = "best"):
     """(run_config, model, tokenizer) of a trained run, ready for generation or export.
 
@@ -172,6 +183,7 @@ def restore_for_inference(run_dir_or_step_dir: str | Path, mesh=None, *, step: s
     falling back to the latest; "latest"; or a number) or a `<run_dir>/checkpoints/<step>` folder.
     The base is rebuilt from the run's config (HF source, or the same seeded random init) and the
     checkpoint's trainable variables (adapters for LoRA runs) are restored into it.
+    `mesh=None`: the run's mesh when the devices here fit it, else all devices on "fsdp".
     """
     from flax import nnx
 
@@ -198,7 +210,7 @@ def restore_for_inference(run_dir_or_step_dir: str | Path, mesh=None, *, step: s
             f"checkpoint step {chosen} is not in {str(run_dir)!r}; steps: {ckpt.manager.all_steps()}"
         )
     if mesh is None:
-        mesh = make_run_mesh(cfg)
+        mesh = _inference_mesh(cfg, make_run_mesh)
     model = build_run_model(cfg, mesh=mesh)
     graphdef, trainable, rest = nnx.split(model, trainable_filter(cfg.lora.enabled), ...)
     trainable = ckpt.restore_trainable(chosen, trainable)
