@@ -92,7 +92,7 @@ def evaluate_checkpoint(
     cfg: Any,
     run_dir_or_step: str | Path,
     split: str = "test",
-    directions: str | Sequence[str] = "both",
+    directions: str | Sequence[str] | None = None,
     limit: int | None = None,
     output_dir: str | Path | None = None,
     adapters: bool | str = True,
@@ -108,6 +108,7 @@ def evaluate_checkpoint(
 
     `cfg` (a RunConfig, or None for the run's own config.yaml) supplies the data files, prompt
     templates and generation settings; the model and tokenizer always come from the run.
+    `directions` / `limit` default to cfg.eval.directions / cfg.eval.limit ("both" / all rows).
     `options` is an `almol_jax.eval.EvalOptions` (default: the reference scorers' defaults with
     cfg.eval.fingerprint_averaging), `settings` a `DecodeSettings` (default: from cfg), `key` the
     sampling PRNG key (default: the "sampling" key of cfg.seed; unused by greedy decoding).
@@ -124,13 +125,14 @@ def evaluate_checkpoint(
         if adapters not in ADAPTER_CHOICES:
             raise ValueError(f"adapters={adapters!r} is not one of {ADAPTER_CHOICES}")
         adapters = adapters == "on"
-    if limit is not None and limit < 1:
-        raise ValueError(f"limit={limit} must be >= 1 (or None for all rows)")
-    wanted = _directions(directions)
     run_cfg, model, tokenizer, run_dir, chosen, use_adapters = load_for_eval(
         run_dir_or_step, adapters=adapters, step=step
     )
     cfg = run_cfg if cfg is None else cfg
+    limit = cfg.eval.limit if limit is None else limit
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit={limit} must be >= 1 (or None for all rows)")
+    wanted = _directions(cfg.eval.directions if directions is None else directions)
     if options is None:
         averaging = cfg.eval.fingerprint_averaging
         options = EvalOptions(fingerprint_averaging="molt5" if averaging == "both" else averaging)
@@ -144,7 +146,8 @@ def evaluate_checkpoint(
     report = DataReport()
     examples = load_examples(cfg.data, split, report)
     if not examples:
-        raise ValueError(f"split {split!r} of the config has no rows (files: {cfg.data})")
+        files = getattr(cfg.data, f"{split}_files")
+        raise ValueError(f"split {split!r} of the config has no rows (files: {files})")
     results: dict[str, dict[str, Any]] = {}
     for direction in wanted:
         rows = [ex for ex in examples if ex.direction == direction]
@@ -238,9 +241,17 @@ def add_checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--step", default="best", help='"best", "latest" or a step (run directory)')
     g.add_argument("--split", default="test", choices=("train", "validation", "test"))
     g.add_argument(
-        "--directions", default="both", choices=("both", "smiles2caption", "caption2smiles")
+        "--directions",
+        default=None,
+        choices=("both", "smiles2caption", "caption2smiles"),
+        help="default: eval.directions of the config (both)",
     )
-    g.add_argument("--limit", type=int, default=None, help="first N rows per direction")
+    g.add_argument(
+        "--limit",
+        type=int,
+        default=None,
+        help="first N rows per direction (default: eval.limit of the config: all)",
+    )
     g.add_argument(
         "--adapters",
         default="on",

@@ -185,3 +185,12 @@ def test_self_generated_cli_on_checkpoint(tiny_run, tmp_path, capsys):
     assert len(rows) == summary["total"]["kept"]
     assert sum(c["candidates"] for c in summary["candidates"].values()) == 8
     assert "kept" in capsys.readouterr().out
+
+
+def test_bad_checkpoint_path_is_named(tmp_path, capsys):
+    from almol_jax.evaluate_checkpoint import run_and_step
+
+    with pytest.raises(ValueError, match="neither a run directory"):
+        run_and_step(tmp_path / "nowhere")
+    rc = eval_cli.main(["--checkpoint", str(tmp_path / "nowhere"), *SCORING])
+    assert rc == 2 and "nowhere" in capsys.readouterr().err

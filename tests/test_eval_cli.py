@@ -70,6 +70,8 @@ def test_caption2smiles_cli_writes_report(tmp_path, capsys):
     assert metrics["morgan_fts"] == metrics["morgan_fts_lpm24"]
     assert metrics["fcd"] is None and "fcd" in metrics["resources"]["skipped"]
     assert metrics["resources"]["versions"]["rdkit"]
+    assert metrics["resources"]["settings"]["chrf"].startswith("chrF (sacrebleu")
+    assert metrics["resources"]["wordnet_source"]  # recorded even though unused here
     with open(out / "per_row.csv", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 4 and rows[0]["exact_match"] == "True" and rows[2]["maccs_fts"] == ""

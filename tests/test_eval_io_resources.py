@@ -27,6 +27,13 @@ def test_tsv_round_trip_keeps_quotes_and_backslashes(tmp_path):
     assert path.read_text().splitlines()[0] == "description\tground truth\toutput"
 
 
+def test_bom_and_crlf_are_tolerated(tmp_path):
+    path = tmp_path / "bom.txt"
+    path.write_bytes("\ufeffSMILES\tground truth\toutput\r\nC\tan acid\ta base\r\n".encode())
+    got = read_predictions(path, "smiles2caption")
+    assert (got.sources, got.references, got.outputs) == (["C"], ["an acid"], ["a base"])
+
+
 def test_ragged_row_names_the_line(tmp_path):
     path = _write(tmp_path / "p.txt", "SMILES\tground truth\toutput\nC\ta\tb\nCC\tonly two\n")
     with pytest.raises(PredictionFileError, match=r"p\.txt:3: 2 fields"):

@@ -21,7 +21,7 @@ LLAMA3_ROPE = dict(
     factor=8.0,
     low_freq_factor=1.0,
     high_freq_factor=4.0,
-    original_max_position_embeddings=64,  # head_dim 16, theta 1e4: high, medium and low bands
+    original_max_position_embeddings=64,  # head_dim 16 or 32, theta 1e4: high, medium, low bands
 )
 
 
@@ -62,10 +62,11 @@ def test_parity_gqa_tied(tmp_path):
     assert model.lm_head is None and model.config.num_key_value_heads == 2
 
 
-def test_parity_llama3_rope_biases_mqa(tmp_path):
+def test_parity_llama3_rope_biases_mqa_explicit_head_dim(tmp_path):
     hf, ckpt = make_hf_llama(
         tmp_path,
         num_key_value_heads=1,
+        head_dim=32,  # N*H = 128 != D = 64
         attention_bias=True,
         mlp_bias=True,
         rope_scaling=dict(LLAMA3_ROPE, rope_theta=10000.0),
@@ -74,6 +75,7 @@ def test_parity_llama3_rope_biases_mqa(tmp_path):
     model = _assert_parity(hf, ckpt)
     assert model.config.rope_scaling["rope_type"] == "llama3"
     assert model.model.layers[0].mlp.up_proj.bias is not None
+    assert model.model.layers[0].self_attn.q_proj.kernel[...].shape == (64, 128)
 
 
 def test_parity_sharded_index_checkpoint(tmp_path):

@@ -96,7 +96,7 @@ def _rows_from_table(rows, path, task: str | None, fmt: str) -> Predictions:
 
 def _numbered_csv(path, delimiter: str, quoting: int):
     csv.field_size_limit(sys.maxsize)
-    with open(path, encoding="utf-8", newline="") as f:
+    with open(path, encoding="utf-8-sig", newline="") as f:  # -sig: tolerate a BOM
         reader = csv.reader(f, delimiter=delimiter, quoting=quoting)
         for fields in reader:
             yield reader.line_num, fields
@@ -115,7 +115,7 @@ def read_csv(path: str | os.PathLike, task: str | None = None) -> Predictions:
 def read_jsonl(path: str | os.PathLike, task: str | None = None) -> Predictions:
     """JSON lines, one object per row with source / reference / output keys."""
     sources, references, outputs = [], [], []
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8-sig") as f:
         for line_no, line in enumerate(f, start=1):
             if not line.strip():
                 continue

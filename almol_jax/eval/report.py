@@ -166,6 +166,8 @@ def write_report(
         md.append("")
     if res:
         md += ["## Resources", ""]
+        for name, value in res.get("settings", {}).items():
+            md.append(f"- {name}: {value}")
         for name, version in res.get("versions", {}).items():
             md.append(f"- {name}: {version or 'not installed'}")
         md.append(

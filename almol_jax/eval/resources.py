@@ -329,9 +329,11 @@ class Resources:
     wordnet_source: str | None = None
     wordnet_version: str | None = None
     skipped: dict = field(default_factory=dict)
+    settings: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {
+            "settings": dict(self.settings),
             "versions": dict(self.versions),
             "scibert_vocab": self.scibert_vocab,
             "scibert_vocab_sha256": self.scibert_vocab_sha256,

@@ -69,7 +69,7 @@ class ModelConfig:
         if rs is not None:
             rs = dict(rs)
             rope_type = rs.pop("rope_type", rs.pop("type", "default"))
-            rs = None if rope_type == "default" else {"rope_type": rope_type, **rs}
+            rs = None if rope_type in ("default", "none", None) else {"rope_type": rope_type, **rs}
             object.__setattr__(self, "rope_scaling", rs)
         self.validate()
 
