@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 
@@ -67,25 +69,11 @@ def forward(model, ids, mask=None, **kwargs):
     """Jitted model(ids, mask, **kwargs) as numpy (eager op-by-op dispatch is slow on CPU)."""
     import jax
 
-    out = _forward(model, ids, mask, **kwargs)
-    return jax.tree.map(np.asarray, out)
+    return jax.tree.map(np.asarray, _jitted_forward()(model, ids, mask, **kwargs))
 
 
-def _make_forward():
+@functools.cache
+def _jitted_forward():
     from flax import nnx
 
-    @nnx.jit
-    def fwd(model, ids, mask, **kwargs):
-        return model(ids, mask, **kwargs)
-
-    return fwd
-
-
-class _Lazy:
-    fn = None
-
-
-def _forward(model, ids, mask, **kwargs):
-    if _Lazy.fn is None:
-        _Lazy.fn = _make_forward()
-    return _Lazy.fn(model, ids, mask, **kwargs)
+    return nnx.jit(lambda model, ids, mask, **kwargs: model(ids, mask, **kwargs))
