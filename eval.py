@@ -12,6 +12,7 @@ mode (``--config/--checkpoint``: generate, then score) plugs in as a separate br
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 
@@ -22,16 +23,16 @@ def add_scoring_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--fingerprint-averaging",
         choices=("molt5", "lpm24"),
-        default="molt5",
-        help="FTS mean over valid outputs (molt5) or over all rows, invalid = 0 (lpm24)",
+        default=None,
+        help="FTS mean over valid outputs (molt5, default) or over all rows, invalid = 0 (lpm24)",
     )
-    g.add_argument("--morgan-radius", type=int, default=2)
-    g.add_argument("--chrf-char-order", type=int, default=6)
-    g.add_argument("--chrf-word-order", type=int, default=0, help="0: chrF, 2: chrF++")
-    g.add_argument("--chrf-beta", type=int, default=2)
-    g.add_argument("--text-trunc-length", type=int, default=512, help="SciBERT tokens kept")
+    g.add_argument("--morgan-radius", type=int, default=None, help="default 2")
+    g.add_argument("--chrf-char-order", type=int, default=None, help="default 6")
+    g.add_argument("--chrf-word-order", type=int, default=None, help="0 (default): chrF, 2: chrF++")
+    g.add_argument("--chrf-beta", type=int, default=None, help="default 2")
+    g.add_argument("--text-trunc-length", type=int, default=None, help="SciBERT tokens kept (512)")
     g.add_argument("--no-fcd", action="store_true", help="skip FCD (needs fcd_torch)")
-    g.add_argument("--fcd-device", default="cpu")
+    g.add_argument("--fcd-device", default=None, help="default cpu")
     g.add_argument("--nested-props", help="L+M-24 nested_props.json: property metrics")
     g.add_argument("--withheld-combos", help="L+M-24 withheld combos file: combination metrics")
     g.add_argument("--num-workers", type=int, default=None, help="worker processes (default: CPUs)")
@@ -78,27 +79,42 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def options_from_args(args: argparse.Namespace):
-    """EvalOptions from parsed command-line arguments."""
+def option_overrides(args: argparse.Namespace) -> dict:
+    """The EvalOptions fields given on the command line (None = not given: keep the default)."""
     from almol_jax.eval.chrf import ChrfConfig
+
+    given = {
+        name: value
+        for name, value in (
+            ("char_order", args.chrf_char_order),
+            ("word_order", args.chrf_word_order),
+            ("beta", args.chrf_beta),
+        )
+        if value is not None
+    }
+    chrf = dataclasses.replace(ChrfConfig(), **given) if given else None
+    return {
+        "fingerprint_averaging": args.fingerprint_averaging,
+        "morgan_radius": args.morgan_radius,
+        "chrf": chrf,
+        "text_trunc_length": args.text_trunc_length,
+        "fcd": False if args.no_fcd else None,
+        "fcd_device": args.fcd_device,
+        "scibert_vocab": args.scibert_vocab,
+        "wordnet_dir": args.wordnet_dir,
+        "nested_props": args.nested_props,
+        "withheld_combos": args.withheld_combos,
+        "skip_unavailable": True if args.skip_unavailable else None,
+        "num_workers": args.num_workers,
+        "progress": sys.stderr.isatty() if args.progress is None else args.progress,
+    }
+
+
+def options_from_args(args: argparse.Namespace):
+    """EvalOptions of prediction-file mode: the scorers' defaults, then the flags given."""
     from almol_jax.eval.scoring import EvalOptions
 
-    progress = sys.stderr.isatty() if args.progress is None else args.progress
-    return EvalOptions(
-        fingerprint_averaging=args.fingerprint_averaging,
-        morgan_radius=args.morgan_radius,
-        chrf=ChrfConfig(args.chrf_char_order, args.chrf_word_order, args.chrf_beta),
-        text_trunc_length=args.text_trunc_length,
-        fcd=not args.no_fcd,
-        fcd_device=args.fcd_device,
-        scibert_vocab=args.scibert_vocab,
-        wordnet_dir=args.wordnet_dir,
-        nested_props=args.nested_props,
-        withheld_combos=args.withheld_combos,
-        skip_unavailable=args.skip_unavailable,
-        num_workers=args.num_workers,
-        progress=progress,
-    )
+    return EvalOptions(**{k: v for k, v in option_overrides(args).items() if v is not None})
 
 
 def run_prediction_file(args: argparse.Namespace) -> dict:
@@ -139,7 +155,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.checkpoint:  # checkpoint mode: generate, then score (almol_jax.evaluate_checkpoint)
             from almol_jax.evaluate_checkpoint import run_checkpoint_cli
 
-            run_checkpoint_cli(args, options_from_args(args))
+            # the flags given override the config's eval section (eval_options_from_config)
+            run_checkpoint_cli(args, option_overrides(args))
             return 0
         if args.predictions:
             if not args.task:

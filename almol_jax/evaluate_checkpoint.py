@@ -109,14 +109,20 @@ def evaluate_checkpoint(
     `cfg` (a RunConfig, or None for the run's own config.yaml) supplies the data files, prompt
     templates and generation settings; the model and tokenizer always come from the run.
     `directions` / `limit` default to cfg.eval.directions / cfg.eval.limit ("both" / all rows).
-    `options` is an `almol_jax.eval.EvalOptions` (default: the reference scorers' defaults with
-    cfg.eval.fingerprint_averaging), `settings` a `DecodeSettings` (default: from cfg), `key` the
+    `options` is an `almol_jax.eval.EvalOptions`, or a dict of overrides of the one built from
+    cfg.eval (`eval_options_from_config`; None = cfg.eval as it is), `settings` a `DecodeSettings` (default: from cfg), `key` the
     sampling PRNG key (default: the "sampling" key of cfg.seed; unused by greedy decoding).
     """
     from almol_jax.data.prompts import format_prompt
     from almol_jax.data.report import DataReport
     from almol_jax.data.sources import load_examples
-    from almol_jax.eval import EvalOptions, Predictions, score, write_report
+    from almol_jax.eval import (
+        EvalOptions,
+        Predictions,
+        eval_options_from_config,
+        score,
+        write_report,
+    )
     from almol_jax.eval.io import write_tsv
     from almol_jax.generation import generate_texts, settings_from_config
     from almol_jax.train.setup import seed_keys
@@ -133,9 +139,8 @@ def evaluate_checkpoint(
     if limit is not None and limit < 1:
         raise ValueError(f"limit={limit} must be >= 1 (or None for all rows)")
     wanted = _directions(cfg.eval.directions if directions is None else directions)
-    if options is None:
-        averaging = cfg.eval.fingerprint_averaging
-        options = EvalOptions(fingerprint_averaging="molt5" if averaging == "both" else averaging)
+    if not isinstance(options, EvalOptions):
+        options = eval_options_from_config(cfg.eval, **(options or {}))
     settings = settings_from_config(cfg) if settings is None else settings
     key = seed_keys(cfg.seed)["sampling"] if key is None else key
     out_root = (
@@ -268,7 +273,10 @@ def add_checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_checkpoint_cli(args: argparse.Namespace, options: Any) -> dict:
-    """The eval.py branch: evaluate, print each direction's table, return the metrics."""
+    """The eval.py branch: evaluate, print each direction's table, return the metrics.
+
+    `options`: an EvalOptions, or a dict of overrides of the config's eval section.
+    """
     from almol_jax.config import load_config
     from almol_jax.eval.report import format_table
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -178,3 +181,47 @@ def test_peft_parity(tmp_path, tie):
     load_peft_adapter(model, tmp_path / "adapter")
     ours = forward(model, ids, mask)
     np.testing.assert_allclose(ours[valid], ref[valid], rtol=0, atol=1e-4)
+
+
+PEFT_SAVED_CONFIG = {  # what PEFT 0.21 writes for a plain LoRA (the fields we check at defaults)
+    "peft_type": "LORA",
+    "r": 8,
+    "lora_alpha": 16,
+    "lora_dropout": 0.0,
+    "target_modules": ["q_proj", "v_proj"],
+    "use_rslora": False,
+    "use_dora": False,
+    "fan_in_fan_out": False,
+    "bias": "none",
+    "lora_bias": False,
+    "modules_to_save": None,
+    "rank_pattern": {},
+    "alpha_pattern": {},
+    "layers_to_transform": None,
+}
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("alpha_pattern", {"q_proj": 32}),
+        ("rank_pattern", {"v_proj": 4}),
+        ("use_dora", True),
+        ("modules_to_save", ["lm_head"]),
+        ("bias", "lora_only"),
+        ("fan_in_fan_out", True),
+        ("peft_type", "IA3"),
+    ],
+)
+def test_load_peft_adapter_refuses_unsupported_fields(tmp_path, field, value):
+    """An adapter our plain LoRA cannot reproduce is an error naming the field, not a silent
+    load of the wrong function (the config is checked before any tensor is read)."""
+    from almol_jax.model.hf_weights import load_peft_adapter, read_peft_config
+
+    (tmp_path / "adapter_config.json").write_text(json.dumps(PEFT_SAVED_CONFIG))
+    lcfg = read_peft_config(tmp_path)  # the defaults as PEFT writes them are accepted
+    assert (lcfg.r, lcfg.scale, lcfg.target_modules) == (8, 2.0, ("q_proj", "v_proj"))
+    (tmp_path / "adapter_config.json").write_text(json.dumps({**PEFT_SAVED_CONFIG, field: value}))
+    model = build_model(TINY, lora=lcfg, rngs=0)
+    with pytest.raises(ValueError, match=re.escape(f"{field}={value!r}")):
+        load_peft_adapter(model, tmp_path)

@@ -279,6 +279,21 @@ class EvalSection:
         "both", "molt5: mean over valid outputs; lpm24: invalid counts 0, mean over all."
     )
     at_end: bool = _f(False, "Run the evaluation on data.test_files after training.")
+    scibert_vocab: str | None = _f(
+        None, "SciBERT vocab.txt (or its directory) for BLEU/METEOR; None = looked up."
+    )
+    wordnet_dir: str | None = _f(
+        None, "NLTK_DATA root or WordNet dict directory for METEOR; None = looked up."
+    )
+    nested_props: str | None = _f(
+        None, "L+M-24 nested_props.json: enables the property metrics; None = off."
+    )
+    withheld_combos: str | None = _f(
+        None, "L+M-24 withheld combinations file (needs nested_props); None = off."
+    )
+    skip_unavailable: bool = _f(
+        False, "A missing resource skips its metrics (recorded in the report) instead of failing."
+    )
 
 
 @dataclass(frozen=True)
@@ -543,6 +558,10 @@ def validate(cfg: RunConfig) -> None:
     _check(g.num_beams >= 1, f"generation.num_beams={g.num_beams} must be >= 1")
     _check(
         cfg.eval.limit is None or cfg.eval.limit >= 1, f"eval.limit={cfg.eval.limit} must be >= 1"
+    )
+    _check(
+        not cfg.eval.withheld_combos or bool(cfg.eval.nested_props),
+        f"eval.withheld_combos={cfg.eval.withheld_combos!r} needs eval.nested_props too",
     )
 
 

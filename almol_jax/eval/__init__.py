@@ -6,6 +6,7 @@ Public API (imported lazily: ``import almol_jax.eval`` loads no RDKit, nltk or t
 - ``score(task, sources, references, outputs, *, options) -> (metrics, per_row, resources)``
 - ``write_report(output_dir, task, metrics, per_row, resources)``
 - ``read_predictions(path, task=None) -> Predictions``; ``EvalOptions``; ``Resources``.
+- ``eval_options_from_config(eval_section, **overrides) -> EvalOptions`` (a RunConfig's eval).
 See docs/evaluation.md for metric definitions and parity figures.
 """
 
@@ -15,6 +16,7 @@ import importlib
 
 _EXPORTS = {
     "EvalOptions": "almol_jax.eval.scoring",
+    "eval_options_from_config": "almol_jax.eval.scoring",
     "score": "almol_jax.eval.scoring",
     "score_caption2smiles": "almol_jax.eval.scoring",
     "score_smiles2caption": "almol_jax.eval.scoring",

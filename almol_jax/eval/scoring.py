@@ -9,7 +9,8 @@ and skipped; :func:`score` does that for you and returns it as a third value.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 import numpy as np
 
@@ -53,6 +54,31 @@ class EvalOptions:
             raise ValueError(f"num_workers={self.num_workers} must be >= 1")
         if self.withheld_combos and not self.nested_props:
             raise ValueError(f"withheld_combos={self.withheld_combos!r} needs nested_props too")
+
+
+# EvalSection fields copied to EvalOptions under the same name (resource paths and the skip switch)
+_SECTION_FIELDS = ("scibert_vocab", "wordnet_dir", "nested_props", "withheld_combos")
+
+
+def eval_options_from_config(eval_section: Any, **overrides: Any) -> EvalOptions:
+    """EvalOptions from a RunConfig's ``eval`` section, then ``overrides`` (EvalOptions fields).
+
+    ``fingerprint_averaging: both`` gives the molt5 headline (both averagings are always reported
+    as ``*_molt5`` / ``*_lpm24``); the resource paths and ``skip_unavailable`` are passed through.
+    An override whose value is None keeps the section's value (the "not given" of a CLI flag).
+    """
+    averaging = eval_section.fingerprint_averaging
+    values: dict[str, Any] = {
+        "fingerprint_averaging": "molt5" if averaging == "both" else averaging,
+        "skip_unavailable": eval_section.skip_unavailable,
+    }
+    values.update({name: getattr(eval_section, name) for name in _SECTION_FIELDS})
+    known = {f.name for f in fields(EvalOptions)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ValueError(f"overrides {unknown} are not EvalOptions fields ({sorted(known)})")
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return EvalOptions(**values)
 
 
 def _check_rows(sources, references, outputs) -> int:

@@ -3,43 +3,16 @@
 `load_with_adapter(adapter_dir)` reads adapter_config.json, loads its base model
 (`base_model_name_or_path`, or the `base` argument) with a LoraConfig of the same rank, scale and
 targets, and copies the adapter tensors in, ready to evaluate or to continue training. The
-tensor-level work is `almol_jax.model.hf_weights.load_peft_adapter` (the model's name mapping).
+tensor-level work is `almol_jax.model.hf_weights.load_peft_adapter` (the model's name mapping),
+which refuses (`check_adapter_config`) adapters using PEFT features we cannot honour.
 """
 
 from __future__ import annotations
 
-import json
 import os
-from pathlib import Path
 from typing import Any
 
-from almol_jax.model.hf_weights import load_peft_adapter, read_peft_config
-
-_UNSUPPORTED = {
-    "use_dora": (False, None),
-    "fan_in_fan_out": (False, None),
-    "bias": ("none", None),
-    "modules_to_save": (None, []),
-    "rank_pattern": ({}, None),
-    "alpha_pattern": ({}, None),
-    "layers_to_transform": (None, []),
-}
-
-
-def check_adapter_config(adapter_dir: str | os.PathLike) -> dict:
-    """The adapter_config.json of a LoRA adapter we can load; ValueError naming what is not."""
-    path = Path(adapter_dir) / "adapter_config.json"
-    if not path.is_file():
-        raise ValueError(f"{str(adapter_dir)!r} has no adapter_config.json (not a PEFT adapter)")
-    config = json.loads(path.read_text())
-    if config.get("peft_type", "LORA") != "LORA":
-        raise ValueError(f"{path}: peft_type={config.get('peft_type')!r}; only LORA loads")
-    for key, allowed in _UNSUPPORTED.items():
-        if key in config and config[key] not in allowed:
-            raise ValueError(
-                f"{path}: {key}={config[key]!r} is not supported (expected {allowed[0]!r})"
-            )
-    return config
+from almol_jax.model.hf_weights import check_adapter_config, load_peft_adapter, read_peft_config
 
 
 def load_with_adapter(

@@ -70,21 +70,30 @@ class Attention(nnx.Module):
         x_BTD: jax.Array,
         positions_BT: jax.Array,
         mask_BTS: jax.Array,
-        kv_BSKH: tuple[jax.Array, jax.Array] | None = None,
+        kv_LBSKH: tuple[jax.Array, jax.Array] | None = None,
         end_index: jax.Array | None = None,
+        layer: int = 0,
     ):
-        """Returns (out_BTD, (k_BSKH, v_BSKH)): the keys/values attended (cache-updated)."""
+        """Returns (out_BTD, kv): kv is (k_LBSKH, v_LBSKH), the WHOLE stacked cache with this
+        layer's T new keys/values written at [layer, :, end_index] (an in-place update inside a
+        compiled decode loop: no copy of the other layers), or None without a cache."""
         b, t, _ = x_BTD.shape
         q_BTNH = self.q_proj(x_BTD).reshape(b, t, self.num_heads, self.head_dim)
         k_BTKH = self.k_proj(x_BTD).reshape(b, t, self.num_kv_heads, self.head_dim)
         v_BTKH = self.v_proj(x_BTD).reshape(b, t, self.num_kv_heads, self.head_dim)
         q_BTNH = apply_rope(q_BTNH, positions_BT, self.inv_freq)
         k_BTKH = apply_rope(k_BTKH, positions_BT, self.inv_freq)
-        if kv_BSKH is not None:
-            cache_k, cache_v = kv_BSKH
-            start = (0, end_index, 0, 0)
-            k_BSKH = jax.lax.dynamic_update_slice(cache_k, k_BTKH.astype(cache_k.dtype), start)
-            v_BSKH = jax.lax.dynamic_update_slice(cache_v, v_BTKH.astype(cache_v.dtype), start)
+        if kv_LBSKH is not None:
+            k_LBSKH, v_LBSKH = kv_LBSKH
+            start = (layer, 0, end_index, 0, 0)
+            k_LBSKH = jax.lax.dynamic_update_slice(
+                k_LBSKH, k_BTKH[None].astype(k_LBSKH.dtype), start
+            )
+            v_LBSKH = jax.lax.dynamic_update_slice(
+                v_LBSKH, v_BTKH[None].astype(v_LBSKH.dtype), start
+            )
+            k_BSKH, v_BSKH = k_LBSKH[layer], v_LBSKH[layer]
+            kv_LBSKH = (k_LBSKH, v_LBSKH)
         else:
             k_BSKH, v_BSKH = k_BTKH, v_BTKH
         out_BTNH = jax.nn.dot_product_attention(
@@ -98,4 +107,4 @@ class Attention(nnx.Module):
         has_key_BT11 = jnp.any(mask_BTS, axis=-1)[:, :, None, None]
         out_BTNH = jnp.where(has_key_BT11, out_BTNH, jnp.zeros_like(out_BTNH))
         out_BTD = self.o_proj(out_BTNH.reshape(b, t, self.num_heads * self.head_dim))
-        return out_BTD, (k_BSKH, v_BSKH)
+        return out_BTD, kv_LBSKH

@@ -201,9 +201,42 @@ def load_hf_params(
     )
 
 
+# adapter_config.json fields whose non-default values change what the adapter computes, which our
+# plain LoRA (one rank and scale for every target, no DoRA, no extra trained modules) cannot honour
+_UNSUPPORTED_PEFT_FIELDS = {
+    "use_dora": (False, None),
+    "fan_in_fan_out": (False, None),
+    "bias": ("none", None),
+    "lora_bias": (False, None),
+    "modules_to_save": (None, []),
+    "rank_pattern": ({}, None),
+    "alpha_pattern": ({}, None),
+    "layers_to_transform": (None, []),
+    "layer_replication": (None, []),
+    "target_parameters": (None, []),
+    "trainable_token_indices": (None, [], {}),
+}
+
+
+def check_adapter_config(adapter_dir: str | os.PathLike) -> dict:
+    """The adapter_config.json of a LoRA adapter we can load; ValueError naming what is not."""
+    path = Path(adapter_dir) / "adapter_config.json"
+    if not path.is_file():
+        raise ValueError(f"{str(adapter_dir)!r} has no adapter_config.json (not a PEFT adapter)")
+    config = json.loads(path.read_text())
+    if config.get("peft_type", "LORA") != "LORA":
+        raise ValueError(f"{path}: peft_type={config.get('peft_type')!r}; only LORA loads")
+    for key, allowed in _UNSUPPORTED_PEFT_FIELDS.items():
+        if key in config and config[key] not in allowed:
+            raise ValueError(
+                f"{path}: {key}={config[key]!r} is not supported (expected {allowed[0]!r})"
+            )
+    return config
+
+
 def read_peft_config(adapter_dir: str | os.PathLike) -> LoraConfig:
-    """LoraConfig from a PEFT adapter_config.json."""
-    cfg = json.loads((Path(adapter_dir) / "adapter_config.json").read_text())
+    """LoraConfig from a PEFT adapter_config.json (check_adapter_config first)."""
+    cfg = check_adapter_config(adapter_dir)
     targets = cfg.get("target_modules") or "all-linear"
     if isinstance(targets, list):  # PEFT may save module paths: keep the projection names
         names = {t.rsplit(".", 1)[-1] for t in targets}
@@ -220,7 +253,9 @@ def read_peft_config(adapter_dir: str | os.PathLike) -> LoraConfig:
 def load_peft_adapter(model: nnx.Module, adapter_dir: str | os.PathLike) -> nnx.Module:
     """Copies a PEFT LoRA adapter (adapter_model.safetensors) into `model`'s LoRAParams in place.
 
-    The model must have been built with a LoraConfig of the same rank, scale and targets.
+    The model must have been built with a LoraConfig of the same rank, scale and targets; an
+    adapter_config.json using a PEFT feature we cannot honour (DoRA, rank/alpha patterns,
+    modules_to_save, trained biases, fan_in_fan_out...) is a ValueError naming the field.
     """
     adapter_dir = Path(adapter_dir)
     peft = read_peft_config(adapter_dir)

@@ -91,17 +91,17 @@ class Block(nnx.Module):
         self.post_attention_layernorm = RMSNorm(config, rngs=rngs)
         self.mlp = MLP(config, lora=lora, rngs=rngs)
 
-    def __call__(self, x_BTD, positions_BT, mask_BTS, kv_BSKH=None, end_index=None):
-        attn_BTD, kv_BSKH = self.self_attn(
-            self.input_layernorm(x_BTD), positions_BT, mask_BTS, kv_BSKH, end_index
+    def __call__(self, x_BTD, positions_BT, mask_BTS, kv_LBSKH=None, end_index=None, layer=0):
+        attn_BTD, kv_LBSKH = self.self_attn(
+            self.input_layernorm(x_BTD), positions_BT, mask_BTS, kv_LBSKH, end_index, layer
         )
         x_BTD = x_BTD + attn_BTD
         x_BTD = x_BTD + self.mlp(self.post_attention_layernorm(x_BTD))
-        return x_BTD, kv_BSKH
+        return x_BTD, kv_LBSKH
 
 
-def _run_block(block, x_BTD, positions_BT, mask_BTS, kv_BSKH, end_index):
-    return block(x_BTD, positions_BT, mask_BTS, kv_BSKH, end_index)
+def _run_block(block, x_BTD, positions_BT, mask_BTS, kv_LBSKH, end_index, layer):
+    return block(x_BTD, positions_BT, mask_BTS, kv_LBSKH, end_index, layer)
 
 
 class LlamaModel(nnx.Module):
@@ -179,22 +179,24 @@ class LlamaForCausalLM(nnx.Module):
         run = (
             _run_block
             if policy == "none"
-            else nnx.remat(_run_block, policy=_REMAT_POLICIES[policy], prevent_cse=True)
+            else nnx.remat(
+                _run_block,
+                policy=_REMAT_POLICIES[policy],
+                prevent_cse=True,
+                static_argnums=(6,),  # the layer index
+            )
         )
         x_BTD = self.model.embed_tokens(input_ids_BT)
-        new_k, new_v = [], []
+        # the stacked [L, B, S, K, H] cache goes through every layer, each writing its own slice
+        kv_LBSKH = None if cache is None else (cache.k, cache.v)
         for i, block in enumerate(self.model.layers):
-            kv = None if cache is None else (cache.k[i], cache.v[i])
-            x_BTD, (k_BSKH, v_BSKH) = run(block, x_BTD, positions_BT, allowed_BTS, kv, end_index)
-            if cache is not None:
-                new_k.append(k_BSKH)
-                new_v.append(v_BSKH)
+            x_BTD, kv_LBSKH = run(block, x_BTD, positions_BT, allowed_BTS, kv_LBSKH, end_index, i)
         h_BTD = self.model.norm(x_BTD)
         if cache is None:
             return h_BTD
         new_cache = KVCache(
-            k=jnp.stack(new_k),
-            v=jnp.stack(new_v),
+            k=kv_LBSKH[0],
+            v=kv_LBSKH[1],
             end_index=end_index + t,
             key_valid_BS=key_valid_BS,
         )
