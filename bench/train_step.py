@@ -91,6 +91,8 @@ class TrlSystem:
         from trl.experimental.cpo import CPOConfig, CPOTrainer
 
         s = self.shape
+        if os.environ.get("ALMOL_BENCH_TORCH_THREADS"):
+            torch.set_num_threads(int(os.environ["ALMOL_BENCH_TORCH_THREADS"]))
         torch.manual_seed(self.seed)
         cfg = LlamaConfig(
             vocab_size=s.vocab_size,
@@ -310,6 +312,13 @@ class Worker:
         cmd = [sys.executable, os.path.abspath(__file__), "--worker", system, "--shape", args.shape]
         cmd += ["--seed", str(args.seed), "--layout", args.layout]
         env = dict(os.environ, JAX_PLATFORMS=os.environ.get("JAX_PLATFORMS", "cpu"))
+        if args.threads == 1:  # both systems single-threaded: robust to a loaded machine
+            env["XLA_FLAGS"] = (
+                env.get("XLA_FLAGS", "")
+                + " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+            ).strip()
+        if args.threads:
+            env["OMP_NUM_THREADS"] = env["ALMOL_BENCH_TORCH_THREADS"] = str(args.threads)
         env.setdefault("TOKENIZERS_PARALLELISM", "false")
         env.setdefault("HF_HUB_OFFLINE", "1")
         self.proc = subprocess.Popen(
@@ -376,6 +385,12 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per system first")
     parser.add_argument("--peak-size", type=int, default=2048)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="threads per system (0: library defaults; 1: torch 1 thread, XLA single-threaded)",
+    )
     parser.add_argument("--json", default=None, help="also write all figures to this JSON file")
     parser.add_argument("--worker", choices=["trl", "ours", "peak"], help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -392,6 +407,7 @@ def main() -> None:
     layouts = {"trl": "plain", "ours": args.layout}
     print(f"machine: {machine_description()}")
     print(f"shape: {shape}")
+    print(f"threads per system: {args.threads or 'library default'}")
     workers = {name: Worker(name, args) for name in systems}
     peak_worker = Worker("peak", args)
     try:
@@ -417,7 +433,13 @@ def main() -> None:
     finally:
         for w in [*workers.values(), peak_worker]:
             w.close()
-    out = {"machine": machine_description(), "shape": args.shape, "matmul_peak": peak, **results}
+    out = {
+        "machine": machine_description(),
+        "shape": args.shape,
+        "threads": args.threads,
+        "matmul_peak": peak,
+        **results,
+    }
     if args.json:
         with open(args.json, "w") as f:
             json.dump(out, f, indent=1)

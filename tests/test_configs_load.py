@@ -56,7 +56,8 @@ def test_tiny_config_files_exist():
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_model_section_builds_a_model_config(path):
     """preset + overrides make a valid ModelConfig; a byte tokenizer fits the vocabulary."""
-    model_config = pytest.importorskip("almol_jax.model.config")
+    from almol_jax.model import config as model_config
+
     cfg = load_config(path)
     mc = model_config.ModelConfig.preset(cfg.model.preset, **cfg.model.overrides)
     if cfg.tokenizer.kind == "byte":

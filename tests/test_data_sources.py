@@ -154,7 +154,8 @@ def test_empty_responses_are_counted_drops(tmp_path):
 
 
 def test_csv_and_parquet_through_datasets(tmp_path):
-    datasets = pytest.importorskip("datasets")
+    import datasets
+
     rows = {"source": ["CCO", "CO"], "chosen": ["ethanol", "methanol"], "rejected": ["x", "y"],
             "direction": ["smiles2caption", "smiles2caption"]}  # fmt: skip
     ds = datasets.Dataset.from_dict(rows)
@@ -178,7 +179,6 @@ def test_load_examples_filters_directions_and_limits(tmp_path):
 
 def test_hub_dataset_code_path_on_a_local_folder(tmp_path):
     """hf:NAME[:SPLIT] goes through datasets.load_dataset; a local folder stands in for the hub."""
-    pytest.importorskip("datasets")
     folder = tmp_path / "my_dataset"
     folder.mkdir()
     row = {"source": "CCO", "chosen": "ethanol", "rejected": "x", "direction": "smiles2caption"}
@@ -204,7 +204,8 @@ def test_shipped_tiny_files_are_valid():
     """tests/data/tiny_prefs.jsonl: 64 triplets, 32 per direction, every SMILES parses (RDKit)."""
     from pathlib import Path
 
-    Chem = pytest.importorskip("rdkit.Chem")
+    from rdkit import Chem
+
     data = Path(__file__).resolve().parent / "data"
     exs, report = read(str(data / "tiny_prefs.jsonl"))
     assert len(exs) == 64 and not report.dropped

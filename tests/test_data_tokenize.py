@@ -25,7 +25,8 @@ def byte_tok():
 @pytest.fixture(scope="module")
 def sp_tok(tmp_path_factory):
     """A small LLaMA-style SentencePiece BPE (byte fallback, dummy prefix) trained here."""
-    spm = pytest.importorskip("sentencepiece")
+    import sentencepiece as spm
+
     out = tmp_path_factory.mktemp("sp")
     texts = [r["source"] for r in ROWS] + [r["chosen"] for r in ROWS]
     texts += [
@@ -66,7 +67,10 @@ def test_tokenizer_errors_name_the_value(tmp_path):
 
 def trl_rows(tok, prompt, chosen, rejected, max_length):
     """TRL CPOTrainer.tokenize_row run on a stand-in trainer (the independent implementation)."""
-    cpo = pytest.importorskip("trl.experimental.cpo.cpo_trainer")
+    cpo = pytest.importorskip(
+        "trl.experimental.cpo.cpo_trainer",
+        reason="trl is a test-only dependency (requirements-dev.txt), not installed here",
+    )
     fake = types.SimpleNamespace(
         processing_class=tok, is_encoder_decoder=False, max_length=max_length
     )

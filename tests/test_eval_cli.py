@@ -119,7 +119,10 @@ def test_smiles2caption_cli(tmp_path, shared_data):
 
 
 def test_fcd_is_nan_on_too_few_molecules():
-    pytest.importorskip("fcd_torch")
+    pytest.importorskip(
+        "fcd_torch",
+        reason="fcd_torch is a test-only dependency (requirements-dev.txt), not installed here",
+    )
     from almol_jax.eval.fcd import fcd_score
 
     assert math.isnan(fcd_score(["CCO"], ["CCO"]))
@@ -127,7 +130,10 @@ def test_fcd_is_nan_on_too_few_molecules():
 
 
 def test_hf_evaluate_module_offline(monkeypatch):
-    evaluate = pytest.importorskip("evaluate")
+    evaluate = pytest.importorskip(
+        "evaluate",
+        reason="evaluate is a test-only dependency (requirements-dev.txt), not installed here",
+    )
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_EVALUATE_OFFLINE", "1")
     from almol_jax.eval import EvalOptions, score

@@ -6,9 +6,9 @@ rouge-score 0.1.2 on /work/shared/data/chebi-20-molt5-predictions/molt5-large-*.
 """
 
 import pytest
+from test_eval_text import wordnet_installed
 
 from almol_jax.eval import EvalOptions, read_predictions, score
-from almol_jax.eval.resources import MissingResourceError
 
 C2S_GOLDEN = {
     "bleu": 0.857921,
@@ -64,10 +64,9 @@ def test_caption2smiles_lpm24_averaging_is_molt5_scaled_by_validity(c2s):
 def s2c(shared_data):
     p = read_predictions(_file(shared_data, "smiles2caption"), "smiles2caption")
     options = EvalOptions(scibert_vocab=str(shared_data / "scibert_scivocab_uncased" / "vocab.txt"))
-    try:
-        return score("smiles2caption", p.sources, p.references, p.outputs, options=options)
-    except MissingResourceError as e:  # WordNet absent: scripts/setup_test_env.sh installs it
-        pytest.skip(str(e))
+    if not wordnet_installed():  # checked independently of the resource finder under test
+        pytest.skip("WordNet is not installed (run scripts/setup_test_env.sh)")
+    return score("smiles2caption", p.sources, p.references, p.outputs, options=options)
 
 
 def test_smiles2caption_parity(s2c):
@@ -81,7 +80,10 @@ def test_smiles2caption_parity(s2c):
 
 @pytest.mark.slow
 def test_fcd_parity(shared_data):
-    pytest.importorskip("fcd_torch")
+    pytest.importorskip(
+        "fcd_torch",
+        reason="fcd_torch is a test-only dependency (requirements-dev.txt), not installed here",
+    )
     from rdkit import Chem
     from rdkit.rdBase import BlockLogs
 

@@ -5,6 +5,7 @@ import csv
 import json
 import math
 from collections import defaultdict
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,12 +26,26 @@ def vocab(shared_data):
     return shared_data / "scibert_scivocab_uncased" / "vocab.txt"
 
 
+def wordnet_installed() -> bool:
+    """Whether WordNet is on this machine, checked without the finder under test: Debian's
+    package (scripts/setup_test_env.sh installs it) or nltk's own lookup."""
+    import nltk
+
+    if (Path("/usr/share/wordnet") / "data.noun").is_file():
+        return True
+    try:
+        nltk.data.find("corpora/wordnet")
+    except LookupError:
+        return False
+    return True
+
+
 @pytest.fixture(scope="module")
 def wordnet_source():
-    try:
-        return find_wordnet()
-    except MissingResourceError as e:
-        pytest.skip(str(e))
+    """find_wordnet(); skips only where WordNet is truly absent (a finder bug fails here)."""
+    if not wordnet_installed():
+        pytest.skip("WordNet is not installed (run scripts/setup_test_env.sh)")
+    return find_wordnet()
 
 
 def test_wordpiece_matches_transformers(shared_data, vocab):

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import transformers
 from flax import nnx
 
 from almol_jax.data.tokenizer import byte_tokenizer
@@ -21,8 +22,9 @@ from almol_jax.export import export_model, load_peft_adapter, load_with_adapter,
 from almol_jax.model import LlamaForCausalLM, LoraConfig, LoRAParam, ModelConfig, build_model
 from almol_jax.model.lora import PEFT_LINEAR_NAMES
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
+torch = pytest.importorskip(
+    "torch", reason="torch is a test-only dependency (requirements-dev.txt), not installed here"
+)
 
 VOCAB = 300
 PROMPTS = ("CCO is ethanol", "The molecule is an acid")
@@ -179,7 +181,9 @@ def peft_dir(model, tokenizer, tmp_path_factory):
 
 
 def test_peft_export_matches_peft_model(model, tokenizer, peft_dir):
-    peft = pytest.importorskip("peft")
+    peft = pytest.importorskip(
+        "peft", reason="peft is a test-only dependency (requirements-dev.txt), not installed here"
+    )
     config = json.loads((peft_dir / "adapter_config.json").read_text())
     assert config["base_model_name_or_path"] == str((peft_dir / "base").absolute())
     assert (config["r"], config["lora_alpha"], config["task_type"]) == (4, 8.0, "CAUSAL_LM")
@@ -233,7 +237,9 @@ def test_unsupported_adapter_configs_are_named(peft_dir, tmp_path):
 
 
 def test_rslora_subset_targets_tied_biased_model_matches_peft(tokenizer, tmp_path):
-    peft = pytest.importorskip("peft")
+    peft = pytest.importorskip(
+        "peft", reason="peft is a test-only dependency (requirements-dev.txt), not installed here"
+    )
     config = ModelConfig.preset(
         "tiny", vocab_size=VOCAB, tie_word_embeddings=True, attention_bias=True, mlp_bias=True
     )
@@ -266,7 +272,9 @@ def test_peft_export_of_a_model_without_adapters_names_the_problem(tmp_path):
 def test_adapter_trained_by_peft_loads_into_our_model(model, tokenizer, peft_dir, tmp_path):
     """Adapters in from an independent producer: a PEFT LoRA (random A and B, PEFT's own init)
     saved by save_pretrained, as TRL saves it, on our exported base."""
-    peft = pytest.importorskip("peft")
+    peft = pytest.importorskip(
+        "peft", reason="peft is a test-only dependency (requirements-dev.txt), not installed here"
+    )
     base = transformers.AutoModelForCausalLM.from_pretrained(peft_dir / "base", dtype=torch.float32)
     torch.manual_seed(0)
     lora = peft.LoraConfig(

@@ -18,7 +18,10 @@ BENCH = Path(__file__).resolve().parents[1] / "bench" / "export_memory.py"
 
 @pytest.mark.slow
 def test_merged_export_peak_rss_stays_near_one_tensor():
-    pytest.importorskip("psutil")
+    pytest.importorskip(
+        "psutil",
+        reason="psutil is a test-only dependency (requirements-dev.txt), not installed here",
+    )
     spec = importlib.util.spec_from_file_location("export_memory", BENCH)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)

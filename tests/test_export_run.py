@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+import transformers
 from flax import nnx
 
 from almol_jax.config import RunConfig, dump_config
@@ -26,8 +27,9 @@ from almol_jax.train.checkpoint import RunCheckpointer
 from almol_jax.train.setup import build_run_model
 from almol_jax.train.step import init_train_state
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
+torch = pytest.importorskip(
+    "torch", reason="torch is a test-only dependency (requirements-dev.txt), not installed here"
+)
 
 STEP = 7
 

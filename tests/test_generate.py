@@ -7,12 +7,14 @@ loaded with almol_jax.load_model, so each equivalence compares two different imp
 
 from __future__ import annotations
 
+import jax
 import numpy as np
 import pytest
+import transformers
 
-jax = pytest.importorskip("jax")
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
+torch = pytest.importorskip(
+    "torch", reason="torch is a test-only dependency (requirements-dev.txt), not installed here"
+)
 
 import jax.numpy as jnp  # noqa: E402
 from flax import nnx  # noqa: E402

@@ -7,8 +7,9 @@ import json
 import numpy as np
 import pytest
 
-pytest.importorskip("torch")
-pytest.importorskip("transformers")
+pytest.importorskip(
+    "torch", reason="torch is a test-only dependency (requirements-dev.txt), not installed here"
+)
 
 from hf_fixtures import hf_logits, make_hf_llama, padded_batch  # noqa: E402
 

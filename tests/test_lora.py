@@ -145,13 +145,23 @@ def test_dropout_is_used_in_training_and_not_in_eval_view():
     assert np.abs(a - b).max() > 0  # fresh dropout masks each call
     ev = nnx.view(model, deterministic=True)
     np.testing.assert_allclose(forward(ev, IDS, MASK), forward(ev, IDS, MASK), rtol=0, atol=0)
+    # and the eval view is the dropout-free function: same weights, built with dropout 0
+    no_dropout = build_model(TINY, lora=LoraConfig(r=8, alpha=16, dropout=0.0), rngs=7)
+    _randomise_b(no_dropout, jax.random.key(8))
+    np.testing.assert_allclose(
+        forward(ev, IDS, MASK), forward(no_dropout, IDS, MASK), rtol=0, atol=1e-6
+    )
 
 
 @pytest.mark.parametrize("tie", [False])
 def test_peft_parity(tmp_path, tie):
     """Our forward with PEFT's adapter values equals PEFT's LoRA model (all-linear, r 8, a 16)."""
-    torch = pytest.importorskip("torch")
-    peft = pytest.importorskip("peft")
+    torch = pytest.importorskip(
+        "torch", reason="torch is a test-only dependency (requirements-dev.txt), not installed here"
+    )
+    peft = pytest.importorskip(
+        "peft", reason="peft is a test-only dependency (requirements-dev.txt), not installed here"
+    )
     from hf_fixtures import hf_logits, make_hf_llama, padded_batch
 
     import almol_jax

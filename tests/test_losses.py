@@ -154,8 +154,13 @@ def test_micro_batch_sums_equal_the_full_batch(name):
 
 def test_parity_with_trl_cpo_loss():
     """Our per-pair losses and rewards equal TRL CPOTrainer.cpo_loss for its four loss types."""
-    torch = pytest.importorskip("torch")
-    cpo = pytest.importorskip("trl.experimental.cpo.cpo_trainer")
+    torch = pytest.importorskip(
+        "torch", reason="torch is a test-only dependency (requirements-dev.txt), not installed here"
+    )
+    cpo = pytest.importorskip(
+        "trl.experimental.cpo.cpo_trainer",
+        reason="trl is a test-only dependency (requirements-dev.txt), not installed here",
+    )
     rng = np.random.default_rng(1)
     w_B, l_B = (
         -rng.uniform(0, 30, 16).astype(np.float32),

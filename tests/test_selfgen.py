@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import json
 
+import jax
 import numpy as np
 import pytest
 
-jax = pytest.importorskip("jax")
-pytest.importorskip("rdkit")
-
-from almol_jax.preferences.common import equivalent  # noqa: E402
-from almol_jax.preferences.self_generated import (  # noqa: E402
+from almol_jax.preferences.common import equivalent
+from almol_jax.preferences.self_generated import (
     build_self_generated,
     metric_fn,
     pick_rejected,
