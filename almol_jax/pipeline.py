@@ -152,7 +152,10 @@ def after_training(
     curve = validation_curve(run_dir)
     if curve:
         out["validation"] = {"first": curve[0], "last": curve[-1], "curve": curve}
-    if cfg.eval.at_end:
+    if cfg.eval.at_end and not _has_test_split(cfg):
+        out["eval_skipped"] = "eval.at_end is set but data.test_files is empty"
+        print(f"not evaluating: {out['eval_skipped']}")
+    elif cfg.eval.at_end:
         from almol_jax.eval import EvalOptions
         from almol_jax.evaluate_checkpoint import evaluate_checkpoint
 
@@ -218,3 +221,9 @@ def _best_step(run_dir: Path) -> int | None:
 
     step = best_step(run_dir)
     return latest_step(run_dir) if step is None else step
+
+
+def _has_test_split(cfg: Any) -> bool:
+    from almol_jax.data.sources import split_files
+
+    return bool(split_files(cfg.data, "test"))

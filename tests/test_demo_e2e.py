@@ -205,3 +205,19 @@ def test_demo_export_loads_in_transformers_and_matches(demo_run):
     ours = np.asarray(model(np.asarray([ids], dtype=np.int32)))
     assert hf_logits.shape == ours.shape == (1, len(ids), hf_model.config.vocab_size)
     np.testing.assert_allclose(hf_logits, ours, rtol=1e-4, atol=1e-4)
+
+
+def test_after_training_skips_evaluation_without_test_files(tmp_path):
+    from almol_jax.pipeline import after_training
+
+    cfg = load_config(REPO / "configs" / "tiny.yaml", ["eval.at_end=true"])
+    assert cfg.data.test_files == ()
+    out = after_training(cfg, {"run_dir": str(tmp_path)}, progress=False)
+    assert out["eval_skipped"].startswith("eval.at_end is set")
+    assert "test" not in out and "export_dir" not in out
+    assert json.loads((tmp_path / SUMMARY_JSON).read_text())["eval_skipped"] == out["eval_skipped"]
+    off = load_config(REPO / "configs" / "tiny.yaml")
+    assert after_training(off, {"run_dir": str(tmp_path / "off")}) == {
+        "run_dir": str(tmp_path / "off"),
+        "seconds": {},
+    }

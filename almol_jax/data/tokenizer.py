@@ -66,25 +66,41 @@ def _bytes_to_unicode() -> dict[int, str]:
     return {b: chr(c) for b, c in zip(keep, chars, strict=True)}
 
 
-def _sentencepiece_tokenizer(model_file: Path) -> Any:
-    """A LLaMA tokenizer around a SentencePiece ``.model`` (specials <unk>,<s>,</s>,<pad>)."""
-    from transformers import AutoTokenizer
+LLAMA_SPECIAL_TOKENS = {
+    "unk_token": "<unk>",
+    "bos_token": "<s>",
+    "eos_token": "</s>",
+    "pad_token": "<pad>",
+}
 
+
+def write_llama_tokenizer_config(out: Path, **extra: Any) -> None:
+    """``tokenizer_config.json`` (+ ``special_tokens_map.json``) beside a SentencePiece
+    ``tokenizer.model`` in ``out``, so ``AutoTokenizer.from_pretrained(out)`` gives a
+    LlamaTokenizer that adds no BOS/EOS by itself; ``extra`` adds config keys."""
     config = {
         "tokenizer_class": "LlamaTokenizer",
         "add_bos_token": False,
         "add_eos_token": False,
         "legacy": False,
         "clean_up_tokenization_spaces": False,
-        "unk_token": "<unk>",
-        "bos_token": "<s>",
-        "eos_token": "</s>",
-        "pad_token": "<pad>",
+        **extra,
+        **LLAMA_SPECIAL_TOKENS,
     }
+    (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n", "utf-8")
+    (out / "special_tokens_map.json").write_text(
+        json.dumps(LLAMA_SPECIAL_TOKENS, indent=2) + "\n", "utf-8"
+    )
+
+
+def _sentencepiece_tokenizer(model_file: Path) -> Any:
+    """A LLaMA tokenizer around a SentencePiece ``.model`` (specials <unk>,<s>,</s>,<pad>)."""
+    from transformers import AutoTokenizer
+
     # transformers 5 ignores LlamaTokenizer(vocab_file=...); loading a dir is the reliable route.
     with tempfile.TemporaryDirectory() as tmp:
         shutil.copyfile(model_file, Path(tmp) / "tokenizer.model")
-        (Path(tmp) / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
+        write_llama_tokenizer_config(Path(tmp))
         return AutoTokenizer.from_pretrained(tmp)
 
 

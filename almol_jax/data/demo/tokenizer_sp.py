@@ -12,18 +12,14 @@ sentencepiece's own. The model bytes are deterministic for the same training tex
 from __future__ import annotations
 
 import io
-import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import sentencepiece as spm
 
-SPECIAL_TOKENS = {
-    "unk_token": "<unk>",
-    "bos_token": "<s>",
-    "eos_token": "</s>",
-    "pad_token": "<pad>",
-}
+from almol_jax.data.tokenizer import LLAMA_SPECIAL_TOKENS as SPECIAL_TOKENS
+from almol_jax.data.tokenizer import write_llama_tokenizer_config
+
 MIN_VOCAB_SIZE = 300  # 4 specials + 256 byte pieces + room for merges
 
 
@@ -75,28 +71,8 @@ def train_sentencepiece(
         minloglevel=2,
     )
     (out / "tokenizer.model").write_bytes(model.getvalue())
-    _write_hf_files(out)
+    write_llama_tokenizer_config(out, model_max_length=4096, padding_side="right")
     return out
-
-
-def _write_hf_files(out: Path) -> None:
-    """``tokenizer_config.json`` and ``special_tokens_map.json`` for the Llama tokenizer classes."""
-    config = {
-        "tokenizer_class": "LlamaTokenizer",
-        "add_bos_token": False,
-        "add_eos_token": False,
-        "legacy": False,
-        "clean_up_tokenization_spaces": False,
-        "model_max_length": 4096,
-        "padding_side": "right",
-        **SPECIAL_TOKENS,
-    }
-    (out / "tokenizer_config.json").write_text(
-        json.dumps(config, indent=2) + "\n", encoding="utf-8"
-    )
-    (out / "special_tokens_map.json").write_text(
-        json.dumps(SPECIAL_TOKENS, indent=2) + "\n", encoding="utf-8"
-    )
 
 
 def load_hf_tokenizer(tokenizer_dir: str | Path):
