@@ -73,7 +73,7 @@ def demo_run(tmp_path_factory) -> Path:
 def test_demo_config_is_the_documented_recipe():
     """The shipped demo: CPO with its NLL term, from scratch, evaluated and exported at the end."""
     cfg = load_config(DEMO)
-    assert (cfg.objective.name, cfg.objective.cpo_alpha, cfg.objective.beta) == ("cpo", 1.0, 0.1)
+    assert (cfg.objective.name, cfg.objective.cpo_alpha, cfg.objective.beta) == ("cpo", 1.0, 0.02)
     assert cfg.model.source is None and not cfg.lora.enabled
     assert (cfg.data.builtin, cfg.tokenizer.kind) == ("rdkit_nci", "builtin")
     assert cfg.eval.at_end and cfg.export.at_end and cfg.export.format == "merged"

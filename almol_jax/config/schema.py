@@ -170,14 +170,6 @@ class DataSection:
         "off", "Prompt once per pair in one row (issue 8); auto = on for pair-scoring objectives."
     )
     builtin: str | None = _f(None, 'Embedded dataset instead of files: None or "rdkit_nci".')
-    prefix_sharing: Literal["auto", "on", "off"] = _f(
-        "auto",
-        "One row per triplet (prompt once; chosen and rejected see it, not each other); "
-        "auto: on for the preference objectives (almol_jax.data.prefix_sharing).",
-    )
-    packing: bool = _f(
-        False, "Pack several short examples per row (segment ids, positions restarting)."
-    )
 
 
 @dataclass(frozen=True)
