@@ -5,7 +5,6 @@ import jax
 import numpy as np
 import optax
 import pytest
-from flax.errors import TraceContextError
 from train_fixtures import settings, split, tiny_model, triplet_batch
 
 from almol_jax.train import optimizer as opt_lib
@@ -149,13 +148,6 @@ def test_thirty_cpo_steps_learn_the_preference():
     assert first["rewards/accuracies"] < 1.0 and last["rewards/accuracies"] == 1.0
 
 
-@pytest.mark.xfail(
-    raises=TraceContextError,
-    strict=True,
-    reason="almol_jax/model/llama.py calls nnx.remat without graph_updates=False, which raises "
-    "TraceContextError when the step merges the model inside jax.value_and_grad (LoRA) or "
-    "lax.scan (grad_accum > 1); remove this marker once llama.py passes graph_updates=False",
-)
 def test_remat_full_gives_the_same_step():
     batch = triplet_batch(4)
     out = []

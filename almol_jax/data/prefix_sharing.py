@@ -253,3 +253,121 @@ def role_mask_BTS(role_ids_BT):
     role_q_BT1 = role_ids_BT[:, :, None]
     role_k_B1S = role_ids_BT[:, None, :]
     return (role_k_B1S == ROLE_PROMPT) | (role_k_B1S == role_q_BT1)
+
+
+# ---- the training loop's source of indexed batches (data.prefix_sharing on) --------------------
+def example_groups(example) -> list[Group]:
+    """The groups of one tokenised example (almol_jax.data.tokenize.TokenizedExample), slot 0.
+
+    A triplet whose chosen and rejected rows hold the same prompt ids is one prefix-shared group;
+    if the tokeniser merged a prompt's last token with a response differently (the prompts
+    differ) it is two groups (prompt + chosen, prompt + rejected); a pair (SFT) is one group.
+    """
+    chosen, rejected = example.chosen, example.rejected
+    if rejected is None:
+        return [Group(tuple(chosen.prompt_ids), ((ROLE_CHOSEN, tuple(chosen.response_ids)),))]
+    if tuple(chosen.prompt_ids) == tuple(rejected.prompt_ids):
+        return [triplet_group(chosen.prompt_ids, chosen.response_ids, rejected.response_ids)]
+    return [
+        Group(tuple(chosen.prompt_ids), ((ROLE_CHOSEN, tuple(chosen.response_ids)),)),
+        Group(tuple(rejected.prompt_ids), ((ROLE_REJECTED, tuple(rejected.response_ids)),)),
+    ]
+
+
+def indexed_from_examples(
+    groups_per_pair, *, row_len: int, label_len: int, bos_id: int, pad_id: int
+) -> dict[str, np.ndarray]:
+    """One row per pair (a list of groups, or None for a padding pair) in the indexed layout.
+
+    A padding pair's row is BOS then padding (one valid key, no labels, pair_mask 0), like the
+    plain layout's padding rows.
+    """
+    batch = empty_indexed(len(groups_per_pair), row_len, label_len, 1, pad_id)
+    for row, groups in enumerate(groups_per_pair):
+        if groups is None:
+            batch["input_ids"][row, 0] = bos_id
+            batch["attention_mask"][row, 0] = 1
+            batch["segment_ids"][row, 0] = 1
+            continue
+        offset = label_offset = 0
+        for segment, group in enumerate(groups, start=1):
+            offset, label_offset = write_group(batch, row, offset, label_offset, segment, group)
+    return batch
+
+
+class PrefixSharedIterator:
+    """Wraps a plain `almol_jax.data.batching.BatchIterator`: same plan, same pairs, same
+    state()/restore(), but each batch comes in the prefix-shared indexed layout (one row per pair).
+
+    Shapes are static per batch and equal on every host: the row length is the smallest of
+    `row_buckets` (the plain bucket lengths) holding the GLOBAL batch's longest prompt + chosen +
+    rejected, else that length rounded up to `multiple`; the label length likewise (multiples of
+    `multiple`). Every host computes them from the whole plan, then builds only its own rows
+    (its contiguous block of pairs), so the global batch is the hosts' rows concatenated.
+    """
+
+    def __init__(self, inner, *, row_buckets=(), multiple: int = 64):
+        if multiple < 1:
+            raise ValueError(f"{multiple=} must be positive")
+        self.inner = inner
+        self.row_buckets = tuple(row_buckets)
+        self.multiple = int(multiple)
+        self._groups = [example_groups(ex) for ex in inner.examples]
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return self.inner.batches_per_epoch
+
+    def state(self) -> dict[str, int]:
+        return self.inner.state()
+
+    def restore(self, state: dict[str, int]) -> None:
+        self.inner.restore(state)
+
+    def padding_stats(self, epoch: int = 0):
+        """The plain plan's statistics (the data report describes the plain batches)."""
+        return self.inner.padding_stats(epoch)
+
+    def sizes(self, indices) -> tuple[int, int]:
+        """(row_len, label_len) of the global batch `indices` (PAD_INDEX = -1 for padding)."""
+        real = [self._groups[int(i)] for i in indices if i >= 0]
+        longest = max((sum(g.length for g in gs) for gs in real), default=1)
+        labels = max((sum(g.num_labels for g in gs) for gs in real), default=1)
+        return (
+            bucket_up(longest, self.row_buckets, self.multiple),
+            bucket_up(max(labels, 1), (), self.multiple),
+        )
+
+    def batch(self, epoch: int, position: int) -> dict[str, np.ndarray]:
+        """This host's rows of batch `position` of epoch `epoch`."""
+        _, indices = self.inner.plan(epoch)[position]
+        row_len, label_len = self.sizes(indices)
+        start, stop = self.inner.pair_range
+        return indexed_from_examples(
+            [self._groups[int(i)] if i >= 0 else None for i in indices[start:stop]],
+            row_len=row_len,
+            label_len=label_len,
+            bos_id=self.inner.bos_id,
+            pad_id=self.inner.pad_id,
+        )
+
+    def _next_position(self) -> tuple[int, int]:
+        epoch, position = self.inner.epoch, self.inner.position
+        if position >= self.inner.batches_per_epoch:
+            if not self.inner.loop:
+                raise StopIteration
+            epoch, position = epoch + 1, 0
+        return epoch, position
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        epoch, position = self._next_position()
+        out = self.batch(epoch, position)
+        self.inner.epoch, self.inner.position = epoch, position + 1
+        return out
+
+    def peek(self) -> dict[str, np.ndarray]:
+        """The batch next() would return, without advancing."""
+        return self.batch(*self._next_position())

@@ -184,6 +184,9 @@ class LlamaForCausalLM(nnx.Module):
                 policy=_REMAT_POLICIES[policy],
                 prevent_cse=True,
                 static_argnums=(6,),  # the layer index
+                # the train step merges the model inside value_and_grad / lax.scan: no graph
+                # updates may leak out of the rematerialised block
+                graph_updates=False,
             )
         )
         x_BTD = self.model.embed_tokens(input_ids_BT)

@@ -127,7 +127,10 @@ class Linear(nnx.Module):
             x_in = x_BTI if self.lora_dropout is None else self.lora_dropout(x_BTI)
             a_IR = self.lora_a[...].astype(self.dtype)
             b_RO = self.lora_b[...].astype(self.dtype)
-            y_BTO = y_BTO + self.lora_scale * ((x_in @ a_IR) @ b_RO)
+            # on 2-D rows: XLA's CPU backward of the 3-D product is ~4x slower (issue 8)
+            x_NI = x_in.reshape(-1, x_in.shape[-1])
+            lora_NO = (x_NI @ a_IR) @ b_RO
+            y_BTO = y_BTO + self.lora_scale * lora_NO.reshape(y_BTO.shape)
         if self.bias is not None:
             y_BTO = y_BTO + self.bias[...].astype(self.dtype)
         return y_BTO

@@ -3,6 +3,9 @@ resumable training iterator, fresh validation passes, the data report and the st
 
 Thin glue over almol_jax.data (tokenizer, tokenize.prepare_split, batching.BatchIterator,
 report.DataReport); every process tokenises the whole split and materialises its own pairs.
+With `data.prefix_sharing` resolved on (prefix_sharing.use_prefix_sharing: auto = on for the
+pair-scoring objectives), the train and validation iterators yield the prefix-shared indexed
+layout (docs/DESIGN.md; one row per pair) instead of the plain one, from the same plan.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ class RunData:
     """What the loop needs from the data pipeline."""
 
     tokenizer: Any
-    train: Any  # BatchIterator: next(), peek(), state(), restore(state)
+    train: Any  # BatchIterator / PrefixSharedIterator: next(), peek(), state(), restore(state)
     validation: Callable[[], Iterator[dict]]  # a fresh one-pass validation iterator
     has_validation: bool
     steps_per_epoch: int
@@ -39,6 +42,7 @@ def total_steps_for(train_cfg, steps_per_epoch: int) -> int:
 def build_data(cfg, *, run_dir: str | Path, primary: bool = True) -> RunData:
     """Reads, tokenises and batches the train/validation splits of a RunConfig."""
     from almol_jax.data.batching import BatchIterator
+    from almol_jax.data.prefix_sharing import PrefixSharedIterator, use_prefix_sharing
     from almol_jax.data.report import DataReport
     from almol_jax.data.sources import split_files
     from almol_jax.data.tokenize import prepare_split
@@ -51,7 +55,13 @@ def build_data(cfg, *, run_dir: str | Path, primary: bool = True) -> RunData:
     report = DataReport()
     kw = dict(process_index=jax.process_index(), process_count=jax.process_count())
     train_examples = prepare_split(cfg, tokenizer, "train", report)
-    train = BatchIterator.from_config(cfg, train_examples, tokenizer, train=True, **kw)
+    shared = use_prefix_sharing(cfg.data.prefix_sharing, cfg.objective.name)
+
+    def batches(examples, train: bool):
+        plain = BatchIterator.from_config(cfg, examples, tokenizer, train=train, **kw)
+        return PrefixSharedIterator(plain, row_buckets=plain.lengths) if shared else plain
+
+    train = batches(train_examples, True)
     report.set_batching("train", train.padding_stats())
     val_examples = []
     if split_files(cfg.data, "validation"):
@@ -60,7 +70,7 @@ def build_data(cfg, *, run_dir: str | Path, primary: bool = True) -> RunData:
     def validation() -> Iterator[dict]:
         if not val_examples:
             return iter(())
-        return BatchIterator.from_config(cfg, val_examples, tokenizer, train=False, **kw)
+        return batches(val_examples, False)
 
     if val_examples:
         report.set_batching("validation", validation().padding_stats())

@@ -28,6 +28,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
+from almol_jax.data.prefix_sharing import is_indexed_batch
 from almol_jax.sharding import logical_sharding, state_shardings
 from almol_jax.train import optimizer as opt_lib
 from almol_jax.train import step as step_lib
@@ -71,15 +72,18 @@ def batch_shardings(batch: dict[str, Any], mesh, rules) -> dict[str, NamedShardi
 def to_global(local_batch: dict[str, np.ndarray], shardings, num_processes: int):
     """Host-local rows -> global jax.Arrays (this process's rows of every array).
 
-    Multi-process: each process passes the pairs it reads (chosen rows then rejected rows); the
-    global batch keeps the plain layout (all chosen rows, then all rejected rows), so the chosen and
-    rejected halves are assembled separately and concatenated on device by `_join_halves`.
+    Multi-process: each process passes the pairs it reads. Plain layout (chosen rows then
+    rejected rows): the global batch keeps all chosen rows, then all rejected rows, so the chosen
+    and rejected halves are assembled separately and concatenated on device by `_join_halves`.
+    Indexed layout (prefix-shared: one row per pair): every array is split by rows, the global
+    batch being the processes' rows in process order (the same pair order as the plain layout).
     """
     if num_processes == 1:
         return {k: jax.device_put(v, shardings[k]) for k, v in local_batch.items()}
+    indexed = is_indexed_batch(local_batch)
     out = {}
     for key, value in local_batch.items():
-        if key == "pair_mask":
+        if indexed or key == "pair_mask":
             global_shape = (value.shape[0] * num_processes,) + value.shape[1:]
             out[key] = jax.make_array_from_process_local_data(shardings[key], value, global_shape)
             continue
@@ -157,7 +161,8 @@ def run_training(
     """Trains (or resumes) the run described by `cfg`; returns a summary dict.
 
     `batch_hook(step, host_batch) -> host_batch` may edit each host batch before it is placed
-    (debugging and tests: e.g. injecting a NaN). `stop` lets a caller request a clean stop
+    (debugging and tests: e.g. injecting a NaN); the batch is in the indexed layout when
+    data.prefix_sharing resolves on (train/data_setup.py). `stop` lets a caller request a clean stop
     (checkpoint, then return) like SIGTERM does.
     """
     from almol_jax.config import dump_config
@@ -238,7 +243,7 @@ def run_training(
 
     def place(host_batch):
         placed = to_global(host_batch, batch_sh, num_processes)
-        return join(placed) if num_processes > 1 else placed
+        return join(placed) if num_processes > 1 and not is_indexed_batch(host_batch) else placed
 
     def validate(step: int) -> dict[str, float] | None:
         totals: dict[str, float] = {}

@@ -1,0 +1,131 @@
+"""Prefix sharing wired into the training loop (issue 8): the indexed iterator serves the same
+pairs as the plain one (per host, with equal shapes on every host), and a short run with
+data.prefix_sharing=on logs the same per-step losses as the same run with it off."""
+
+import numpy as np
+from train_runs import TINY, overrides
+
+from almol_jax.config import load_config
+from almol_jax.data.batching import BatchIterator
+from almol_jax.data.prefix_sharing import (
+    PrefixSharedIterator,
+    plain_to_triplets,
+    use_prefix_sharing,
+)
+from almol_jax.data.report import DataReport
+from almol_jax.data.tokenize import prepare_split
+from almol_jax.data.tokenizer import load_tokenizer
+from almol_jax.train.loop import run_training
+from almol_jax.train.metrics_log import read_metrics
+
+KEYS = ("loss", "nll_loss", "rewards/margins", "logps/chosen", "logps/rejected", "grad_norm")
+
+
+def _examples(cfg):
+    tokenizer = load_tokenizer(cfg.tokenizer)
+    return prepare_split(cfg, tokenizer, "train", DataReport()), tokenizer
+
+
+def _iterators(cfg, examples, tokenizer, process_index=0, process_count=1):
+    kw = dict(train=True, process_index=process_index, process_count=process_count)
+    plain = BatchIterator.from_config(cfg, examples, tokenizer, **kw)
+    shared_inner = BatchIterator.from_config(cfg, examples, tokenizer, **kw)
+    return plain, PrefixSharedIterator(shared_inner, row_buckets=shared_inner.lengths)
+
+
+def _indexed_triplets(batch):
+    """(prompt, chosen, rejected) of each row of a one-group-per-row indexed batch."""
+    out = []
+    for r in range(batch["input_ids"].shape[0]):
+        if batch["pair_mask"][r, 0] == 0:
+            out.append(None)
+            continue
+        ids, role = batch["input_ids"][r], batch["role_ids"][r]
+        valid = batch["attention_mask"][r] > 0
+        out.append(tuple(ids[valid & (role == k)].tolist() for k in (0, 1, 2)))
+    return out
+
+
+def test_iterator_serves_the_plain_pairs_resumes_and_splits_hosts(tmp_path):
+    cfg = load_config(TINY, overrides(tmp_path, "train.micro_batch_size=3"))
+    examples, tokenizer = _examples(cfg)
+    plain, shared = _iterators(cfg, examples, tokenizer)
+    n = plain.batches_per_epoch + 2  # crosses an epoch boundary (and a padded last batch)
+    for _ in range(n):
+        p, s = next(plain), next(shared)
+        triplets, pair_mask = plain_to_triplets(p)
+        want = [t if m > 0 else None for t, m in zip(triplets, pair_mask, strict=True)]
+        assert _indexed_triplets(s) == [None if t is None else tuple(t) for t in want]
+        np.testing.assert_array_equal(s["pair_mask"][:, 0], pair_mask)
+        assert s["input_ids"].shape[1] % 64 == 0 or s["input_ids"].shape[1] in shared.row_buckets
+        assert shared.state() == plain.state()
+    # resume mid-epoch: the same next batch
+    state = shared.state()
+    want = next(shared)
+    _, again = _iterators(cfg, examples, tokenizer)
+    again.restore(state)
+    for key in want:
+        np.testing.assert_array_equal(again.peek()[key], want[key])
+        np.testing.assert_array_equal(next(again)[key], want[key])
+    # two hosts: equal shapes, and their rows concatenated are the single-host batch
+    hosts = [_iterators(cfg, examples, tokenizer, h, 2)[1] for h in range(2)]
+    whole = _iterators(cfg, examples, tokenizer)[1]
+    for _ in range(3):
+        parts, full = [next(h) for h in hosts], next(whole)
+        for key in full:
+            assert parts[0][key].shape == parts[1][key].shape, key
+            np.testing.assert_array_equal(np.concatenate([x[key] for x in parts]), full[key])
+
+
+def test_prefix_sharing_resolution_in_config_terms(tmp_path):
+    for mode, objective, want in (
+        ("auto", "cpo", True),
+        ("auto", "sft", False),
+        ("on", "sft", True),
+    ):
+        cfg = load_config(
+            TINY, overrides(tmp_path, f"data.prefix_sharing={mode}", f"objective.name={objective}")
+        )
+        assert use_prefix_sharing(cfg.data.prefix_sharing, cfg.objective.name) is want
+
+
+def _run(tmp_path, name, mode, *extra):
+    run_dir = tmp_path / name
+    cfg = load_config(
+        TINY,
+        overrides(
+            run_dir,
+            "train.steps=3",
+            "train.eval_every=3",
+            "train.eval_batches=1",
+            "checkpoint.every=0",
+            "checkpoint.keep_last=1",
+            f"data.prefix_sharing={mode}",
+            *extra,
+        ),
+    )
+    seen = []
+
+    def hook(step, batch):
+        seen.append("label_src" in batch)
+        return batch
+
+    summary = run_training(cfg, batch_hook=hook)
+    assert summary["step"] == 3
+    records = read_metrics(run_dir)
+    train = [r for r in records if "loss" in r]
+    evals = [r for r in records if "eval/loss" in r]
+    return train, evals, seen
+
+
+def test_run_with_prefix_sharing_logs_the_same_losses(tmp_path):
+    off_train, off_eval, off_seen = _run(tmp_path, "off", "off")
+    on_train, on_eval, on_seen = _run(tmp_path, "on", "on")
+    assert off_seen == [False] * 3 and on_seen == [True] * 3  # the two layouts really ran
+    assert [r["step"] for r in on_train] == [r["step"] for r in off_train] == [1, 2, 3]
+    for a, b in zip(on_train, off_train, strict=True):
+        for key in KEYS:
+            np.testing.assert_allclose(a[key], b[key], rtol=1e-5, atol=1e-6, err_msg=key)
+    assert len(on_eval) == len(off_eval) == 1
+    for key in ("eval/loss", "eval/nll_loss", "eval/rewards/margins"):
+        np.testing.assert_allclose(on_eval[0][key], off_eval[0][key], rtol=1e-5, atol=1e-6)
