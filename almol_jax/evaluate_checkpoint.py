@@ -162,6 +162,7 @@ def evaluate_checkpoint(
             raise ValueError(f"split {split!r} has no {direction} rows")
         prompts = [format_prompt(cfg.data.templates, direction, ex.source) for ex in rows]
         start = time.perf_counter()
+        bar = _generation_bar(direction, len(prompts)) if progress else None
         outputs = generate_texts(
             model,
             tokenizer,
@@ -172,7 +173,10 @@ def evaluate_checkpoint(
             add_bos=cfg.tokenizer.add_bos,
             mesh=mesh,
             rules=run_cfg.mesh.rules,
+            on_batch=None if bar is None else bar.update_to,
         )
+        if bar is not None:
+            bar.close()
         gen_seconds = time.perf_counter() - start
         predictions = Predictions(
             sources=[_one_line(ex.source) for ex in rows],
@@ -223,6 +227,28 @@ def _decode_mesh(run_cfg: Any, batch_size: int):
     for axis in axes:
         shards *= mesh.shape[axis]
     return mesh if batch_size % shards == 0 else None
+
+
+class _BatchBar:
+    """A tqdm bar over decode batches, fed by generate_texts' on_batch(done, total) callback."""
+
+    def __init__(self, direction: str, num_prompts: int):
+        from tqdm.auto import tqdm
+
+        self._bar = tqdm(
+            total=None, desc=f"generating {direction} ({num_prompts} prompts)", unit="batch"
+        )
+
+    def update_to(self, done: int, total: int) -> None:
+        self._bar.total = total
+        self._bar.update(done - self._bar.n)
+
+    def close(self) -> None:
+        self._bar.close()
+
+
+def _generation_bar(direction: str, num_prompts: int) -> _BatchBar:
+    return _BatchBar(direction, num_prompts)
 
 
 def _jsonable(results: dict) -> dict:

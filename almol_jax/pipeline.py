@@ -156,15 +156,12 @@ def after_training(
         out["eval_skipped"] = "eval.at_end is set but data.test_files is empty"
         print(f"not evaluating: {out['eval_skipped']}")
     elif cfg.eval.at_end:
-        from almol_jax.eval import EvalOptions
+        from almol_jax.eval import eval_options_from_config
         from almol_jax.evaluate_checkpoint import evaluate_checkpoint
 
-        averaging = cfg.eval.fingerprint_averaging
-        options = EvalOptions(
-            fingerprint_averaging="molt5" if averaging == "both" else averaging,
-            skip_unavailable=True,  # a missing WordNet/SciBERT vocab skips its metric, no crash
-            progress=progress,
-        )
+        # after training, a missing WordNet/SciBERT vocab skips its metric (recorded in the
+        # report) instead of losing the run's evaluation
+        options = eval_options_from_config(cfg.eval, skip_unavailable=True, progress=progress)
         directions = directions_of(cfg.eval.directions)
         common = dict(
             split="test",

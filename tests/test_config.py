@@ -212,3 +212,15 @@ def test_configuration_docs_reference_is_current():
     assert reference_markdown() in DOCS.read_text(encoding="utf-8"), (
         "docs/configuration.md is stale: run python -m almol_jax.config.schema"
     )
+
+
+def test_on_off_yes_no_stay_strings_and_only_true_false_are_booleans():
+    # YAML 1.1 would read `on` as True and reject mesh.distributed=on (a Literal of strings)
+    from almol_jax.config import load_config
+
+    cfg = load_config(None, ["mesh.distributed=on", "lora.enabled=true", "data.prefix_sharing=off"])
+    assert cfg.mesh.distributed == "on"
+    assert cfg.lora.enabled is True
+    assert cfg.data.prefix_sharing == "off"
+    with pytest.raises(ValueError, match="lora.enabled"):
+        load_config(None, ["lora.enabled=yes"])

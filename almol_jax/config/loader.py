@@ -33,15 +33,20 @@ _FLOAT_RE = re.compile(
 )
 
 
+_BOOL_RE = re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$")
+
+
 class _Loader(yaml.SafeLoader):
-    """SafeLoader that also reads ``5e-5``-style exponent floats as floats."""
+    """SafeLoader with YAML 1.2 scalars: ``5e-5`` is a float, and only true/false are booleans
+    (so ``mesh.distributed=on`` or ``data.prefix_sharing: off`` stay the strings they name)."""
 
 
 _Loader.yaml_implicit_resolvers = {
-    k: [r for r in v if r[0] != "tag:yaml.org,2002:float"]
+    k: [r for r in v if r[0] not in ("tag:yaml.org,2002:float", "tag:yaml.org,2002:bool")]
     for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
 _Loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_RE, list("-+0123456789."))
+_Loader.add_implicit_resolver("tag:yaml.org,2002:bool", _BOOL_RE, list("tTfF"))
 
 
 def parse_yaml(text: str) -> Any:
