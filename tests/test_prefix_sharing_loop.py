@@ -1,9 +1,23 @@
 """Prefix sharing wired into the training loop (issue 8): the indexed iterator serves the same
 pairs as the plain one (per host, with equal shapes on every host), and a short run with
-data.prefix_sharing=on logs the same per-step losses as the same run with it off."""
+data.prefix_sharing=on logs the same per-step losses as the same run with it off (in one process,
+and, marked slow, in two processes against one plain process)."""
+
+import socket
+import subprocess
 
 import numpy as np
-from train_runs import TINY, overrides
+import pytest
+from train_runs import (
+    NO_VALIDATION,
+    REPO,
+    TINY,
+    env_with_devices,
+    overrides,
+    run_train,
+    train_cmd,
+    train_records,
+)
 
 from almol_jax.config import load_config
 from almol_jax.data.batching import BatchIterator
@@ -19,6 +33,12 @@ from almol_jax.train.loop import run_training
 from almol_jax.train.metrics_log import read_metrics
 
 KEYS = ("loss", "nll_loss", "rewards/margins", "logps/chosen", "logps/rejected", "grad_norm")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def _examples(cfg):
@@ -64,9 +84,10 @@ def test_iterator_serves_the_plain_pairs_resumes_and_splits_hosts(tmp_path):
     want = next(shared)
     _, again = _iterators(cfg, examples, tokenizer)
     again.restore(state)
+    peeked, got = again.peek(), next(again)
     for key in want:
-        np.testing.assert_array_equal(again.peek()[key], want[key])
-        np.testing.assert_array_equal(next(again)[key], want[key])
+        np.testing.assert_array_equal(peeked[key], want[key])
+        np.testing.assert_array_equal(got[key], want[key])
     # two hosts: equal shapes, and their rows concatenated are the single-host batch
     hosts = [_iterators(cfg, examples, tokenizer, h, 2)[1] for h in range(2)]
     whole = _iterators(cfg, examples, tokenizer)[1]
@@ -129,3 +150,39 @@ def test_run_with_prefix_sharing_logs_the_same_losses(tmp_path):
     assert len(on_eval) == len(off_eval) == 1
     for key in ("eval/loss", "eval/nll_loss", "eval/rewards/margins"):
         np.testing.assert_allclose(on_eval[0][key], off_eval[0][key], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_two_processes_place_prefix_shared_rows_like_one_plain_process(tmp_path):
+    """Multi-process `to_global` of indexed batches (rows split across processes): two processes
+    with prefix sharing on log the losses of one process with the plain layout."""
+    run = ("train.steps=3", NO_VALIDATION, "checkpoint.every=1000", "mesh.data=2", "mesh.fsdp=2")
+    port = _free_port()
+    procs = [
+        subprocess.Popen(
+            train_cmd(
+                tmp_path / "multi",
+                *run,
+                "data.prefix_sharing=on",
+                f"mesh.coordinator_address=127.0.0.1:{port}",
+                "mesh.num_processes=2",
+                f"mesh.process_id={i}",
+            ),
+            env=env_with_devices(2),
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    single = run_train(tmp_path / "single", *run, "data.prefix_sharing=off", devices=4)
+    assert single.returncode == 0, single.stderr[-4000:]
+    for p in procs:
+        _, err = p.communicate(timeout=500)
+        assert p.returncode == 0, err[-4000:]
+    multi, ref = train_records(tmp_path / "multi"), train_records(tmp_path / "single")
+    assert [r["step"] for r in multi] == [r["step"] for r in ref] == [1, 2, 3]
+    for a, b in zip(multi, ref, strict=True):
+        for key in KEYS:
+            np.testing.assert_allclose(a[key], b[key], rtol=1e-5, atol=1e-6, err_msg=key)

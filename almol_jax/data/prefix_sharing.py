@@ -25,7 +25,9 @@ Pair p = row * Ps + slot. Per-pair sums come out as chosen_logps[Bt*Ps], rejecte
 prefix-shared layout; almol_jax.data.packing fills rows with several groups.
 
 `prefix_share_batch(plain_batch)` converts a plain batch (rows 0..B-1 chosen, B..2B-1 rejected,
-docs/DESIGN.md) on the host; `pack_groups` writes groups (prompt + responses) into rows.
+docs/DESIGN.md) on the host; `write_group` writes groups (prompt + responses) into rows.
+`PrefixSharedIterator` wraps the training loop's plain BatchIterator (data.prefix_sharing on):
+same plan and resumable state, one indexed row per pair built from the tokenised examples.
 """
 
 from __future__ import annotations
