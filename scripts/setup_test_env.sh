@@ -1,12 +1,7 @@
 #!/usr/bin/env bash
-# Installs everything the test suite needs on a fresh Debian machine: WordNet 3.0 from Debian
-# (for METEOR) and the Python test dependencies. Safe to run again.
+# Installs everything the test suite needs on a fresh Debian machine: the runtime (WordNet from
+# Debian, requirements.txt) and the test oracles (requirements-dev.txt). Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
-  if ! dpkg -s wordnet-base wordnet-sense-index >/dev/null 2>&1; then
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wordnet-base wordnet-sense-index >/dev/null
-  fi
-fi
+bash scripts/install.sh
 python -m pip install -q -r requirements-dev.txt
