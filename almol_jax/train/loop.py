@@ -33,21 +33,11 @@ from almol_jax.sharding import logical_sharding, state_shardings
 from almol_jax.train import optimizer as opt_lib
 from almol_jax.train import step as step_lib
 from almol_jax.train.checkpoint import RunCheckpointer
+from almol_jax.train.losses import METRIC_NAMES
 from almol_jax.train.metrics_log import METRICS_FILE, MetricsLogger
 from almol_jax.train.signals import StopRequest, install_sigterm
 
-LOGGED = (
-    "loss",
-    "nll_loss",
-    "rewards/chosen",
-    "rewards/rejected",
-    "rewards/accuracies",
-    "rewards/margins",
-    "logps/chosen",
-    "logps/rejected",
-    "grad_norm",
-    "lr",
-)
+LOGGED = (*METRIC_NAMES, "grad_norm", "lr")
 
 
 def full_shardings(state: nnx.State, mesh, rules) -> nnx.State:
