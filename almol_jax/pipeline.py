@@ -49,6 +49,8 @@ TABLE_METRICS: dict[str, tuple[tuple[str, str, bool], ...]] = {
 }
 VALIDATION_METRICS = (
     "eval/rewards/accuracies",
+    "eval/smiles2caption/rewards/accuracies",
+    "eval/caption2smiles/rewards/accuracies",
     "eval/rewards/margins",
     "eval/loss",
     "eval/nll_loss",

@@ -67,10 +67,21 @@ def main(argv=None) -> int:
     parser.add_argument("--new", type=int, default=64, help="new tokens per prompt")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="0: library defaults; N: this process pinned to N CPUs, torch N threads",
+    )
     args = parser.parse_args(argv)
+    if args.threads:  # before jax/torch start their thread pools (XLA sizes its pool by affinity)
+        os.sched_setaffinity(0, set(sorted(os.sched_getaffinity(0))[: args.threads]))
 
     import jax
     import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     from almol_jax import load_model
     from almol_jax.generation import DecodeSettings, decode_tokens

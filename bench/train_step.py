@@ -281,6 +281,8 @@ class OursSystem:
 # -------------------------------------------------------------------------------------- worker
 def worker_main(system: str, shape_name: str, seed: int, layout: str) -> None:
     """Line protocol: reads commands ("steps N", "peak", "memory", "quit"), answers JSON lines."""
+    if os.environ.get(CPUS_ENV):  # before jax/torch start their thread pools
+        os.sched_setaffinity(0, {int(c) for c in os.environ[CPUS_ENV].split(",")})
     shape = get_shape(shape_name)
     if system == "peak":  # measures only the matmul peak (its own process: no thread sharing)
         sys_obj = None
@@ -305,6 +307,17 @@ def worker_main(system: str, shape_name: str, seed: int, layout: str) -> None:
             send({"error": f"unknown command {cmd[0]!r}"})
 
 
+CPUS_ENV = "ALMOL_BENCH_CPUS"
+
+
+def pinned_cpus(n: int) -> list[int]:
+    """The first `n` CPUs this process may run on."""
+    allowed = sorted(os.sched_getaffinity(0))
+    if n > len(allowed):
+        raise ValueError(f"--threads {n} but only {len(allowed)} CPUs are available")
+    return allowed[:n]
+
+
 class Worker:
     """A worker subprocess (this script with --worker) driven through its stdin/stdout."""
 
@@ -312,13 +325,12 @@ class Worker:
         cmd = [sys.executable, os.path.abspath(__file__), "--worker", system, "--shape", args.shape]
         cmd += ["--seed", str(args.seed), "--layout", args.layout]
         env = dict(os.environ, JAX_PLATFORMS=os.environ.get("JAX_PLATFORMS", "cpu"))
-        if args.threads == 1:  # both systems single-threaded: robust to a loaded machine
-            env["XLA_FLAGS"] = (
-                env.get("XLA_FLAGS", "")
-                + " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
-            ).strip()
         if args.threads:
+            # N threads each: torch's pool is set to N and each worker is pinned to the first N
+            # allowed CPUs (XLA sizes its pool from the CPU affinity; its thread flags alone do
+            # not make the thunk runtime single-threaded)
             env["OMP_NUM_THREADS"] = env["ALMOL_BENCH_TORCH_THREADS"] = str(args.threads)
+            env[CPUS_ENV] = ",".join(str(c) for c in pinned_cpus(args.threads))
         env.setdefault("TOKENIZERS_PARALLELISM", "false")
         env.setdefault("HF_HUB_OFFLINE", "1")
         self.proc = subprocess.Popen(
@@ -389,7 +401,7 @@ def main() -> None:
         "--threads",
         type=int,
         default=0,
-        help="threads per system (0: library defaults; 1: torch 1 thread, XLA single-threaded)",
+        help="threads per system (0: library defaults; N: torch N threads, each worker pinned to N CPUs)",
     )
     parser.add_argument("--json", default=None, help="also write all figures to this JSON file")
     parser.add_argument("--worker", choices=["trl", "ours", "peak"], help=argparse.SUPPRESS)

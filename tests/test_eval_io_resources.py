@@ -126,3 +126,29 @@ def test_versions_recorded():
     versions = res.package_versions()
     for name in ("rdkit", "nltk", "rouge-score", "sacrebleu"):
         assert versions[name], name
+
+
+def test_nltk_data_path_without_importing_nltk_equals_nltks(tmp_path):
+    import subprocess
+    import sys
+
+    env = {**os.environ, "NLTK_DATA": f"{tmp_path}/a{os.pathsep}~/b{os.pathsep}"}
+    ours = (
+        "import json, sys; from almol_jax.eval.resources import nltk_data_path; "
+        "p = nltk_data_path(); assert 'nltk' not in sys.modules; print(json.dumps(p))"
+    )
+    theirs = "import json, nltk; print(json.dumps(nltk.data.path))"
+    got = [
+        json.loads(
+            subprocess.run(
+                [sys.executable, "-c", code],
+                env=env,
+                check=True,
+                capture_output=True,
+                text=True,
+                cwd=res.REPO_ROOT,
+            ).stdout
+        )
+        for code in (ours, theirs)
+    ]
+    assert got[0] == got[1] and got[0][0] == f"{tmp_path}/a"

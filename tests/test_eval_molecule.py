@@ -73,6 +73,48 @@ def test_small_set_against_reference_calls():
     assert metrics["uniqueness"] == 1.0
 
 
+# Rows whose output is the reference string: the fingerprints are compared with themselves, and
+# the evaluator skips computing them where it can prove they are non-empty (Tanimoto 1.0).
+SAME = ["CCO", "[H][H]", "C", "[Na+].[Cl-]", "*", "", "[2H]C", "c1ccccc1", "[57Fe]", "C" * 30]
+SAME += ["N", "O=O", "*C*", "[H]N([H])[H]", "CC.[Na+]", "[Cl-]", "c1ccccc1[H]", "[HH]"]
+
+
+def test_identical_rows_match_reference_calls():
+    metrics, rows = score_caption2smiles(None, SAME, SAME, options=OPTS)
+    for smiles, row in zip(SAME, rows, strict=True):
+        assert row["valid"], smiles
+        got = (row["maccs_fts"], row["rdk_fts"], row["morgan_fts"])
+        assert got == _reference_fts(smiles, smiles), smiles  # 1.0, or 0.0 for empty ones
+    assert [r["exact_match"] for r in rows] == [smiles_features(s).inchi != "" for s in SAME]
+    assert {r["maccs_fts"] for r in rows} == {0.0, 1.0} and {r["rdk_fts"] for r in rows} == {
+        0.0,
+        1.0,
+    }
+
+
+def test_fingerprint_shortcuts_imply_bits(shared_data):
+    from rdkit import Chem
+    from rdkit.Chem import MACCSkeys
+    from rdkit.rdBase import BlockLogs
+
+    from almol_jax.eval.io import read_predictions
+    from almol_jax.eval.molecule import _maccs_has_bits, _rdk_has_bits
+
+    path = shared_data / "chebi-20-molt5-predictions" / "molt5-large-caption2smiles.txt"
+    smiles = read_predictions(path, "caption2smiles").references[::3] + SAME
+    with BlockLogs():
+        mols = [m for m in map(Chem.MolFromSmiles, smiles) if m is not None]
+    hits = 0
+    for mol in mols:
+        if _maccs_has_bits(mol):
+            assert MACCSkeys.GenMACCSKeys(mol).GetNumOnBits() > 0, Chem.MolToSmiles(mol)
+            hits += 1
+        if _rdk_has_bits(mol):
+            assert Chem.RDKFingerprint(mol).GetNumOnBits() > 0, Chem.MolToSmiles(mol)
+            hits += 1
+    assert hits > len(mols)  # the shortcuts apply to almost every molecule
+
+
 def test_lpm24_averaging_selects_lpm24_values():
     opts = EvalOptions(fcd=False, num_workers=1, fingerprint_averaging="lpm24")
     metrics, _ = score_caption2smiles(None, ["CCO", "CCO"], ["CCO", "C1C"], options=opts)

@@ -66,6 +66,53 @@ def test_wordpiece_matches_transformers(shared_data, vocab):
     assert ours.metric_tokens(long) == ["acid"] * 512
 
 
+_EDGE_TEXTS = [
+    "[CLS] the Molecule [SEP] is ÅÉ 中文 " + "x" * 120,
+    "",
+    "  \t ",
+    " ΑΣ b ΣΑΣ ΣΣ. Σ",  # final sigma at a space
+    "a\u00a0b \u0301x e\u0301 \u0301",  # no-break space, combining marks after spaces
+    "[CLS][SEP] x[PAD]y [UNK]",
+    "İstanbul İ ǅ x\u200by a\x1cb c\x00d \ufffd e",
+]
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.text(alphabet=st.characters(codec="utf-8"), max_size=30), max_size=8))
+def test_tokenize_many_equals_tokenize_on_random_text(vocab, texts):
+    from almol_jax.eval.text import wordpiece
+
+    tok = wordpiece(str(vocab))
+    texts = texts + [" ".join(texts), "  ".join(texts[::-1])]
+    assert tok.tokenize_many(texts) == [tok.tokenize(t) for t in texts]
+
+
+def test_tokenize_many_equals_tokenize_on_chebi(shared_data, vocab):
+    from almol_jax.eval.text import WordPiece
+
+    tok = WordPiece(vocab)
+    texts = list(_EDGE_TEXTS)
+    for task in ("smiles2caption", "caption2smiles"):
+        rows = _rows(shared_data / "chebi-20-molt5-predictions" / f"molt5-large-{task}.txt")
+        texts += [r["ground truth"] for r in rows] + [r["output"] for r in rows]
+    assert tok.tokenize_many(texts) == [tok.tokenize(t) for t in texts]
+    assert tok.metric_tokens_many(texts[:50], 7) == [tok.metric_tokens(t, 7) for t in texts[:50]]
+
+
+def test_rouge_rows_match_rouge_score_on_chebi(shared_data):
+    from rouge_score import rouge_scorer
+
+    from almol_jax.eval.text import rouge_rows
+
+    rows = _rows(shared_data / "chebi-20-molt5-predictions" / "molt5-large-smiles2caption.txt")
+    rows = rows[:400]
+    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"])
+    got = rouge_rows([r["ground truth"] for r in rows], [r["output"] for r in rows])
+    for r, row in zip(rows, got, strict=True):
+        want = scorer.score(r["output"], r["ground truth"])
+        assert [row[k] for k in want] == [want[k].fmeasure for k in want]
+
+
 def test_fast_wordnet_and_memoised_meteor_equal_plain_nltk(shared_data, vocab, wordnet_source):
     import warnings
 
@@ -84,7 +131,12 @@ def test_fast_wordnet_and_memoised_meteor_equal_plain_nltk(shared_data, vocab, w
         warnings.simplefilter("ignore")
         plain = PlainReader(str(wordnet_source.nltk_root / "corpora" / "wordnet"), None)
     fast = scorer._reader
-    assert dict(fast._lemma_pos_offset_map) == dict(plain._lemma_pos_offset_map)
+    lazy, eager = fast._lemma_pos_offset_map, plain._lemma_pos_offset_map
+    for lemma in ("acid", "run", "good", "quickly", "zzzq", "acetic_acid", "'hood"):
+        assert (lemma in lazy) == (lemma in eager), lemma  # before anything is parsed
+        assert lazy.get(lemma) == eager.get(lemma), lemma
+    assert fast.synsets("running") == plain.synsets("running")
+    assert dict(lazy) == dict(eager) and len(lazy) == len(eager)  # parses the rest
     assert fast.satellite_offsets == plain.satellite_offsets
     rows = _rows(shared_data / "lpm-24" / "smiles2caption_example.txt")[:40]
     for r in rows:
@@ -94,6 +146,74 @@ def test_fast_wordnet_and_memoised_meteor_equal_plain_nltk(shared_data, vocab, w
     hyp = "It is a guide to action which ensures that the military always obeys the commands of the party".split()
     ref = "It is a guide to action that ensures that the military will forever heed Party commands".split()
     np.testing.assert_allclose(scorer(ref, hyp), 0.6944, rtol=0, atol=5e-5)
+    assert scorer(ref, hyp) == meteor_score([ref], hyp, wordnet=plain)
+
+
+@pytest.fixture(scope="module")
+def plain_wordnet(wordnet_source):
+    """nltk's own WordNet reader (minus the OMW-only sense map) on the same files."""
+    import warnings
+
+    from nltk.corpus.reader.wordnet import WordNetCorpusReader
+
+    from almol_jax.eval.text import meteor_scorer
+
+    meteor_scorer(wordnet_source)  # puts the root on nltk.data.path, as nltk requires
+
+    class PlainReader(WordNetCorpusReader):
+        def map_wn(self, version="wordnet"):
+            return None
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return PlainReader(str(wordnet_source.nltk_root / "corpora" / "wordnet"), None)
+
+
+def test_meteor_equals_nltk_on_chebi_rows(shared_data, vocab, wordnet_source, plain_wordnet):
+    from nltk.translate.meteor_score import meteor_score
+
+    from almol_jax.eval.text import MeteorScorer, WordPiece
+
+    tok = WordPiece(vocab)
+    scorer = MeteorScorer(wordnet_source)  # fresh: nothing memoised yet
+    rows = _rows(shared_data / "chebi-20-molt5-predictions" / "molt5-large-smiles2caption.txt")
+    for r in rows[:300]:
+        ref, out = tok.metric_tokens(r["ground truth"]), tok.metric_tokens(r["output"])
+        assert scorer(ref, out) == meteor_score([ref], out, wordnet=plain_wordnet), r["output"]
+
+
+def test_meteor_synonym_sets_equal_nltk_synsets(wordnet_source, plain_wordnet):
+    from almol_jax.eval.text import MeteorScorer
+
+    scorer = MeteorScorer(wordnet_source)
+    lemmas = sorted(plain_wordnet.all_lemma_names())[::97]  # ~1,500 across all parts of speech
+    words = lemmas + ["acids", "derived", "molecules", "is", "an", "##ic", "[unk]", "ran", "bases"]
+    for word in words:
+        want = {
+            lemma.name()
+            for synset in plain_wordnet.synsets(word)
+            for lemma in synset.lemmas()
+            if lemma.name().find("_") < 0
+        } | {word}
+        assert scorer.synonyms(word) == want, word
+
+
+vocabulary = st.sampled_from(
+    "the a an is are acid acids acidic base bases basic compound molecule molecules derives "
+    "derived from of in which conjugate salt salts ran run running good better [UNK] Acid".split()
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(vocabulary, max_size=25), st.lists(vocabulary, max_size=25))
+def test_meteor_equals_nltk_on_random_rows(wordnet_source, plain_wordnet, ref, out):
+    from nltk.translate.meteor_score import meteor_score
+
+    from almol_jax.eval.text import meteor_scorer
+
+    assert meteor_scorer(wordnet_source)(ref, out) == meteor_score(
+        [ref], out, wordnet=plain_wordnet
+    )
 
 
 # ---- a literal port of L+M-24's text_property_metrics.py, as the independent oracle ----
@@ -219,3 +339,18 @@ def test_random_captions_never_crash(shared_data, wordnet_source, pairs):
     for key in ("bleu2", "bleu4", "rouge1", "rouge2", "rougeL", "meteor"):
         assert 0.0 <= metrics[key] <= 1.0, key
     assert 0.0 <= metrics["chrf"] <= 100.0
+
+
+def test_worker_processes_give_the_serial_numbers(shared_data, vocab, wordnet_source):
+    # 400 rows: enough for the pools (tokens, counts, METEOR) to be used, and compared per row.
+    rows = _rows(shared_data / "chebi-20-molt5-predictions" / "molt5-large-smiles2caption.txt")
+    refs, outs = [r["ground truth"] for r in rows[:400]], [r["output"] for r in rows[:400]]
+    got = {}
+    for workers in (1, 2, 3):
+        opts = EvalOptions(scibert_vocab=str(vocab), num_workers=workers)
+        got[workers] = score_smiles2caption(None, refs, outs, options=opts)
+    for workers in (2, 3):
+        metrics, per_row = got[workers]
+        assert per_row == got[1][1]
+        for key, value in got[1][0].items():
+            assert value == metrics[key] or (math.isnan(value) and math.isnan(metrics[key])), key

@@ -2,11 +2,14 @@
 
 Each fast path is compared with the library it replaces: corpus BLEU from row statistics vs
 nltk ``corpus_bleu``; bit-parallel LCS / ROUGE vs rouge_score; chrF from row statistics vs
-sacrebleu's public API; FTS vs RDKit's legacy fingerprint functions (what the scorers call).
+sacrebleu's public API; batched numpy n-gram overlaps vs Counters; FTS vs RDKit's legacy
+fingerprint functions (what the scorers call); the process pool vs a serial loop.
 """
 
 import math
+import os
 import random
+import time
 
 import numpy as np
 import pytest
@@ -14,9 +17,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from almol_jax.eval import bleu as bleu_lib
-from almol_jax.eval.chrf import ChrfConfig, corpus_chrf, corpus_chrf_from_stats, row_chrf
+from almol_jax.eval.chrf import (
+    ChrfConfig,
+    batch_row_chrf,
+    corpus_chrf,
+    corpus_chrf_from_stats,
+    row_chrf,
+)
 from almol_jax.eval.length_bias import length_stats
-from almol_jax.eval.text import Rouge, lcs_length
+from almol_jax.eval.ngrams import counter_overlap, overlap_counts
+from almol_jax.eval.text import Rouge, lcs_length, rouge_rows
 
 tokens = st.lists(st.sampled_from(list("abcde")), max_size=12)
 
@@ -29,6 +39,7 @@ def test_corpus_bleu_from_stats_matches_nltk(pairs):
     from nltk.translate.bleu_score import corpus_bleu
 
     stats = [bleu_lib.row_stats(ref, hyp) for ref, hyp in pairs]
+    assert bleu_lib.batch_row_stats([r for r, _ in pairs], [h for _, h in pairs]) == stats
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # nltk warns about zero n-gram overlaps
         for weights in ((0.25, 0.25, 0.25, 0.25), (0.5, 0.5)):
@@ -77,6 +88,49 @@ def test_rouge_matches_rouge_score(ref, out):
         assert got[key] == expected[key].fmeasure
 
 
+texts = st.one_of(words, st.text(max_size=40), st.text(alphabet="aB1 .-İıß\u00e9\n", max_size=40))
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(texts, texts), max_size=80))
+def test_rouge_rows_match_rouge_score(pairs):
+    from rouge_score import rouge_scorer
+
+    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"])
+    got = rouge_rows([r for r, _ in pairs], [o for _, o in pairs])
+    for (ref, out), row in zip(pairs, got, strict=True):
+        expected = scorer.score(out, ref)
+        for key in ("rouge1", "rouge2", "rougeL"):
+            assert row[key] == expected[key].fmeasure, (ref, out, key)
+
+
+sequences = st.one_of(
+    st.text(max_size=30),
+    st.text(alphabet="abcé中\U0001f600 ", max_size=40),
+    st.lists(st.sampled_from(["a", "b", "##c", "[UNK]", 7, ("t",)]), max_size=25),
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(sequences, sequences), max_size=150), st.integers(1, 7))
+def test_overlap_counts_equal_counters(pairs, order):
+    outs, refs = [o for o, _ in pairs], [r for _, r in pairs]
+    want = [counter_overlap(o, r, order) for o, r in pairs]
+    assert overlap_counts(outs, refs, order) == want
+
+
+def test_overlap_counts_split_batches_whose_keys_do_not_fit():
+    rng = random.Random(1)
+    # ~2,000 distinct symbols: 11 bits each, 6 of them per key do not fit with the row bits.
+    outs = ["".join(chr(0x4E00 + rng.randrange(2000)) for _ in range(300)) for _ in range(40)]
+    refs = [o[::-1] + o[:50] for o in outs]
+    want = [counter_overlap(o, r, 6) for o, r in zip(outs, refs, strict=True)]
+    assert overlap_counts(outs, refs, 6) == want
+    assert overlap_counts(["abcabc", ""], ["bcab", "x"], 3) == [[4, 3, 2], [0, 0, 0]]
+    with pytest.raises(ValueError, match="max_order=8"):
+        overlap_counts(["a"], ["a"], 8)
+
+
 @settings(max_examples=30, deadline=None)
 @given(st.lists(st.tuples(words, words), min_size=1, max_size=6), st.sampled_from([0, 2]))
 def test_chrf_from_stats_matches_sacrebleu(pairs, word_order):
@@ -87,6 +141,19 @@ def test_chrf_from_stats_matches_sacrebleu(pairs, word_order):
         assert sentence == config.metric().sentence_score(out, [ref]).score
     refs, outs = [p[0] for p in pairs], [p[1] for p in pairs]
     assert corpus_chrf_from_stats(metric, [s for _, s in rows]) == corpus_chrf(config, refs, outs)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.tuples(texts, texts), min_size=1, max_size=70), st.sampled_from([0, 2]))
+def test_batch_row_chrf_matches_sacrebleu(pairs, word_order):
+    config = ChrfConfig(word_order=word_order, char_order=4 if word_order else 6)
+    refs, outs = [p[0] for p in pairs], [p[1] for p in pairs]
+    rows = batch_row_chrf(config.metric(), refs, outs)
+    for (ref, out), (sentence, _) in zip(pairs, rows, strict=True):
+        assert sentence == config.metric().sentence_score(out, [ref]).score
+    assert corpus_chrf_from_stats(config.metric(), [s for _, s in rows]) == corpus_chrf(
+        config, refs, outs
+    )
 
 
 def test_chrf_config_rejects_bad_values():
@@ -130,6 +197,25 @@ def _times(state, chunk):
     return [state * x for x in chunk]
 
 
+def _slow_with_pid(state, chunk):
+    time.sleep(0.0005 * len(chunk))
+    return [(x, os.getpid()) for x in chunk]
+
+
+def _fails_in_workers(parent_pid, chunk):
+    time.sleep(0.0005 * len(chunk))
+    if os.getpid() != parent_pid:
+        raise KeyError("raised in a worker")
+    return list(chunk)
+
+
+def _dies_in_workers(parent_pid, chunk):
+    time.sleep(0.0005 * len(chunk))
+    if os.getpid() != parent_pid:
+        os._exit(3)
+    return list(chunk)
+
+
 def test_map_chunks_parallel_equals_serial():
     from almol_jax.eval.parallel import map_chunks
 
@@ -139,3 +225,25 @@ def test_map_chunks_parallel_equals_serial():
     assert serial == parallel == [3 * x for x in items]
     with pytest.raises(ValueError, match="num_workers=0"):
         map_chunks(_times, items, num_workers=0)
+
+
+def test_chunk_map_shares_rows_between_workers_and_this_process():
+    from almol_jax.eval.parallel import ChunkMap
+
+    items = list(range(2000))
+    with ChunkMap(_slow_with_pid, items, num_workers=3, progress=True) as work:
+        time.sleep(0.2)  # this process is busy elsewhere first; the workers start meanwhile
+        got = work.results()
+    assert [x for x, _ in got] == items
+    pids = {pid for _, pid in got}
+    assert os.getpid() in pids and len(pids) >= 2  # the work was shared, nothing was lost
+
+
+def test_chunk_map_raises_worker_errors_and_deaths():
+    from almol_jax.eval.parallel import map_chunks
+
+    items = list(range(600))
+    with pytest.raises(KeyError, match="raised in a worker"):
+        map_chunks(_fails_in_workers, items, state=os.getpid(), num_workers=2)
+    with pytest.raises(RuntimeError, match="worker process died"):
+        map_chunks(_dies_in_workers, items, state=os.getpid(), num_workers=2)

@@ -169,6 +169,15 @@ class DataSection:
     prefix_sharing: Literal["auto", "on", "off"] = _f(
         "off", "Prompt once per pair in one row (issue 8); auto = on for pair-scoring objectives."
     )
+    packing: Literal["on", "off"] = _f(
+        "off",
+        "Pack each step's pairs several to a row (segment ids, positions restarting; implies "
+        "prefix sharing where prompts allow); rows of pack_length tokens.",
+    )
+    pack_length: int | None = _f(
+        None, "Tokens per packed row (data.packing on); None = 2 x max_length."
+    )
+    pack_max_pairs: int = _f(8, "Most pairs (SFT: examples) in one packed row.")
     builtin: str | None = _f(None, 'Embedded dataset instead of files: None or "rdkit_nci".')
 
 
@@ -495,6 +504,12 @@ def validate(cfg: RunConfig) -> None:
     _check(
         d.max_examples is None or d.max_examples >= 1,
         f"data.max_examples={d.max_examples} must be >= 1",
+    )
+    _check(d.pack_max_pairs >= 1, f"data.pack_max_pairs={d.pack_max_pairs} must be >= 1")
+    _check(
+        d.pack_length is None or d.pack_length >= d.max_length,
+        f"data.pack_length={d.pack_length} must be >= data.max_length={d.max_length} "
+        "(a row must hold the longest example)",
     )
     if d.builtin is None:
         pass

@@ -37,6 +37,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from almol_jax.data.plan_iterator import PlanFollowingIterator
+
 ROLE_PROMPT, ROLE_CHOSEN, ROLE_REJECTED = 0, 1, 2
 INDEXED_KEYS = (
     "input_ids",
@@ -297,7 +299,7 @@ def indexed_from_examples(
     return batch
 
 
-class PrefixSharedIterator:
+class PrefixSharedIterator(PlanFollowingIterator):
     """Wraps a plain `almol_jax.data.batching.BatchIterator`: same plan, same pairs, same
     state()/restore(), but each batch comes in the prefix-shared indexed layout (one row per pair).
 
@@ -311,24 +313,10 @@ class PrefixSharedIterator:
     def __init__(self, inner, *, row_buckets=(), multiple: int = 64):
         if multiple < 1:
             raise ValueError(f"{multiple=} must be positive")
-        self.inner = inner
+        super().__init__(inner)
         self.row_buckets = tuple(row_buckets)
         self.multiple = int(multiple)
         self._groups = [example_groups(ex) for ex in inner.examples]
-
-    @property
-    def batches_per_epoch(self) -> int:
-        return self.inner.batches_per_epoch
-
-    def state(self) -> dict[str, int]:
-        return self.inner.state()
-
-    def restore(self, state: dict[str, int]) -> None:
-        self.inner.restore(state)
-
-    def padding_stats(self, epoch: int = 0):
-        """The plain plan's statistics (the data report describes the plain batches)."""
-        return self.inner.padding_stats(epoch)
 
     def sizes(self, indices) -> tuple[int, int]:
         """(row_len, label_len) of the global batch `indices` (PAD_INDEX = -1 for padding)."""
@@ -352,24 +340,3 @@ class PrefixSharedIterator:
             bos_id=self.inner.bos_id,
             pad_id=self.inner.pad_id,
         )
-
-    def _next_position(self) -> tuple[int, int]:
-        epoch, position = self.inner.epoch, self.inner.position
-        if position >= self.inner.batches_per_epoch:
-            if not self.inner.loop:
-                raise StopIteration
-            epoch, position = epoch + 1, 0
-        return epoch, position
-
-    def __iter__(self):
-        return self
-
-    def __next__(self) -> dict[str, np.ndarray]:
-        epoch, position = self._next_position()
-        out = self.batch(epoch, position)
-        self.inner.epoch, self.inner.position = epoch, position + 1
-        return out
-
-    def peek(self) -> dict[str, np.ndarray]:
-        """The batch next() would return, without advancing."""
-        return self.batch(*self._next_position())

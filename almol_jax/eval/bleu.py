@@ -4,7 +4,8 @@ nltk's ``corpus_bleu`` sums, over rows, the clipped n-gram match counts (numerat
 hypothesis n-gram counts (denominators) of ``modified_precision``, plus hypothesis and closest
 reference lengths, then combines them. Splitting it into :func:`row_stats` (per row, run in
 worker processes) and :func:`corpus_bleu_from_stats` (the combination, same float operations,
-default ``method0`` smoothing) gives the same number faster.
+default ``method0`` smoothing) gives the same number faster. :func:`batch_row_stats` counts
+the rows of a chunk together (the same integers as :func:`row_stats`).
 """
 
 from __future__ import annotations
@@ -38,6 +39,25 @@ def row_stats(reference: Sequence[str], hypothesis: Sequence[str], max_order: in
         # nltk's denominator is max(1, count): an empty hypothesis still contributes 1.
         denominators.append(max(1, sum(hyp_counts.values())))
     return numerators, denominators, len(hypothesis), len(reference)
+
+
+def stats_from_overlaps(overlaps: Sequence[int], hyp_len: int, ref_len: int):
+    """:func:`row_stats` of one row from its clipped n-gram overlaps (orders 1..len)."""
+    numerators = list(overlaps)
+    denominators = [max(1, hyp_len - n + 1) for n in range(1, len(numerators) + 1)]
+    return numerators, denominators, hyp_len, ref_len
+
+
+def batch_row_stats(references: Sequence, hypotheses: Sequence, max_order: int = MAX_ORDER):
+    """:func:`row_stats` of many rows (token lists, or strings for characters), with the
+    overlaps counted for all rows at once (:mod:`almol_jax.eval.ngrams`)."""
+    from almol_jax.eval.ngrams import overlap_counts
+
+    overlaps = overlap_counts(hypotheses, references, max_order)
+    return [
+        stats_from_overlaps(o, len(h), len(r))
+        for o, h, r in zip(overlaps, hypotheses, references, strict=True)
+    ]
 
 
 def corpus_bleu_from_stats(stats, weights: Sequence[float] = (0.25, 0.25, 0.25, 0.25)) -> float:

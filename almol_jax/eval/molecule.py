@@ -1,17 +1,24 @@
 """Molecule-side metrics (caption2smiles), matching MolT5's and L+M-24's scorers.
 
-RDKit work is done once per unique SMILES string of a chunk of rows (:func:`smiles_features`,
-cached, in worker processes), then each row pairs the features of its reference and output:
-- exact match: InChI(output) == InChI(reference), both parsed and both InChI non-empty
-  (RDKit returns '' when InChI generation fails, e.g. for '*'; that counts as no match);
+:func:`pair_metrics` scores the (reference, output) rows of a chunk with the RDKit work done once
+per distinct SMILES string and only where a metric needs it:
 - validity: both strings parse (RDKit parses '' as a valid empty molecule, as in the scorers);
+- exact match: InChI(output) == InChI(reference), both InChI non-empty (RDKit returns '' when
+  InChI generation fails, e.g. for '*'; that counts as no match); computed for valid rows only;
 - MACCS / RDK / Morgan FTS: Tanimoto of MACCS keys, ``RDKFingerprint`` defaults (via the
   identical RDKit fingerprint generator), Morgan radius-``r`` unfolded count fingerprints;
-- canonical SMILES (for FCD) and raw-string uniqueness (L+M-24).
+- canonical SMILES (for FCD) only when asked for.
+
+A row whose output is the reference string itself compares a fingerprint with itself: Tanimoto
+1.0 when it has a bit on, 0.0 (RDKit's value) when it is empty. Such rows skip the two costly
+fingerprints when a cheap test proves they are not empty (:func:`_maccs_has_bits`,
+:func:`_rdk_has_bits`, from what RDKit's C++ sets); otherwise they are computed. On ChEBI-20
+that saves the MACCS and path fingerprints of ~18% of the molecules, with identical numbers.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -20,7 +27,7 @@ import numpy as np
 
 @dataclass(frozen=True)
 class MolFeatures:
-    """Everything the row metrics need from one SMILES string; ``valid`` False -> Nones."""
+    """What the row metrics use from one SMILES string; ``valid`` False -> Nones."""
 
     valid: bool
     inchi: str = ""
@@ -33,60 +40,154 @@ class MolFeatures:
 INVALID = MolFeatures(valid=False)
 
 
-def smiles_features(smiles: str, morgan_radius: int = 2, canonical: bool = True) -> MolFeatures:
-    """Parse ``smiles``; compute its InChI, the three fingerprints and (when ``canonical``, for
-    FCD) its canonical SMILES."""
+def _parse(smiles: str):
     from rdkit import Chem
-    from rdkit.Chem import MACCSkeys, rdFingerprintGenerator
+
+    try:
+        return Chem.MolFromSmiles(smiles)
+    except Exception:  # noqa: BLE001 - RDKit raises on e.g. embedded NULs
+        return None
+
+
+def _inchi(mol) -> str:
+    from rdkit import Chem
+
+    try:
+        return Chem.MolToInchi(mol) or ""
+    except Exception:  # noqa: BLE001
+        return ""
+
+
+def _canonical(mol) -> str | None:
+    from rdkit import Chem
+
+    try:
+        return Chem.MolToSmiles(mol)
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def _generators(morgan_radius: int):
+    from rdkit.Chem import rdFingerprintGenerator
+
+    return (
+        rdFingerprintGenerator.GetRDKitFPGenerator(),
+        rdFingerprintGenerator.GetMorganGenerator(radius=morgan_radius),
+    )
+
+
+def smiles_features(smiles: str, morgan_radius: int = 2, canonical: bool = True) -> MolFeatures:
+    """Every feature of one SMILES string (parse, InChI, the three fingerprints and, when
+    ``canonical``, its canonical SMILES); the per-string view of :func:`pair_metrics`."""
+    from rdkit.Chem import MACCSkeys
     from rdkit.rdBase import BlockLogs
 
     with BlockLogs():
-        try:
-            mol = Chem.MolFromSmiles(smiles)
-        except Exception:  # noqa: BLE001 - RDKit raises on e.g. embedded NULs
-            mol = None
+        mol = _parse(smiles)
         if mol is None:
             return INVALID
-        try:
-            inchi = Chem.MolToInchi(mol) or ""
-        except Exception:  # noqa: BLE001
-            inchi = ""
-        canonical_smiles = None
-        if canonical:
-            try:
-                canonical_smiles = Chem.MolToSmiles(mol)
-            except Exception:  # noqa: BLE001
-                pass
-        rdk_gen = rdFingerprintGenerator.GetRDKitFPGenerator()
-        morgan_gen = rdFingerprintGenerator.GetMorganGenerator(radius=morgan_radius)
+        rdk_gen, morgan_gen = _generators(morgan_radius)
         return MolFeatures(
             valid=True,
-            inchi=inchi,
-            canonical=canonical_smiles,
+            inchi=_inchi(mol),
+            canonical=_canonical(mol) if canonical else None,
             maccs=MACCSkeys.GenMACCSKeys(mol),
             rdk=rdk_gen.GetFingerprint(mol),
             morgan=morgan_gen.GetSparseCountFingerprint(mol),
         )
 
 
-def row_metrics(reference: str, output: str, ref: MolFeatures, out: MolFeatures) -> dict:
-    """Per-row molecule metrics; FTS are None where either side is invalid."""
-    from rdkit import DataStructs
+def _maccs_has_bits(mol) -> bool:
+    """True only if ``mol``'s MACCS keys have a bit on: RDKit sets key 161 for any nitrogen and
+    key 164 for any oxygen (counts > 0 of [#7] / [#8]). False means "compute them"."""
+    return any(atom.GetAtomicNum() in (7, 8) for atom in mol.GetAtoms())
 
-    valid = ref.valid and out.valid
-    row = {
-        "valid": valid,
-        "output_valid": out.valid,
-        "exact_match": bool(valid and ref.inchi and ref.inchi == out.inchi),
-        "maccs_fts": None,
-        "rdk_fts": None,
-        "morgan_fts": None,
+
+def _rdk_has_bits(mol) -> bool:
+    """True only if ``mol``'s RDK path fingerprint has a bit on: every bond whose bond and atoms
+    carry no query is a one-bond path that RDKit hashes into the fingerprint (minPath 1).
+    Hydrogens are left to the computation (they depend on useHs). False means "compute it"."""
+    for bond in mol.GetBonds():
+        begin, end = bond.GetBeginAtom(), bond.GetEndAtom()
+        if begin.GetAtomicNum() > 1 and end.GetAtomicNum() > 1:
+            if not (bond.HasQuery() or begin.HasQuery() or end.HasQuery()):
+                return True
+    return False
+
+
+def pair_metrics(
+    pairs: Sequence[tuple[str, str]], morgan_radius: int = 2, canonical: bool = False
+) -> list[dict]:
+    """Per-row molecule metrics of (reference, output) SMILES pairs.
+
+    Keys: valid, output_valid, exact_match, maccs_fts, rdk_fts, morgan_fts (None unless both
+    parse) and, when ``canonical``, ``_canon`` = (canonical reference, canonical output), None
+    for a side that does not parse.
+    """
+    from rdkit import DataStructs
+    from rdkit.Chem import MACCSkeys
+    from rdkit.rdBase import BlockLogs
+
+    tanimoto = DataStructs.TanimotoSimilarity
+    rdk_gen, morgan_gen = _generators(morgan_radius)
+    compute = {
+        "inchi": _inchi,
+        "maccs": MACCSkeys.GenMACCSKeys,
+        "rdk": rdk_gen.GetFingerprint,
+        "morgan": morgan_gen.GetSparseCountFingerprint,
+        "canonical": _canonical,
     }
-    if valid:
-        row["maccs_fts"] = DataStructs.TanimotoSimilarity(ref.maccs, out.maccs)
-        row["rdk_fts"] = DataStructs.TanimotoSimilarity(ref.rdk, out.rdk)
-        row["morgan_fts"] = DataStructs.TanimotoSimilarity(ref.morgan, out.morgan)
-    return row
+    with BlockLogs():
+        mols: dict[str, object] = {}
+        for pair in pairs:
+            for smiles in pair:
+                if smiles not in mols:
+                    mols[smiles] = _parse(smiles)
+        # What each string needs (dicts as ordered sets), then each kind computed in one run
+        # over its strings: ~8% faster than interleaving InChI and fingerprints per molecule.
+        need: dict[str, dict[str, None]] = {kind: {} for kind in compute}
+        for ref, hyp in pairs:
+            mol_ref, mol_hyp = mols[ref], mols[hyp]
+            if mol_ref is not None and mol_hyp is not None:
+                if ref != hyp:
+                    for kind in ("inchi", "maccs", "rdk", "morgan"):
+                        need[kind][ref] = need[kind][hyp] = None
+                else:  # the molecule against itself: skip what is provably non-empty
+                    need["inchi"][ref] = need["morgan"][ref] = None
+                    if not _maccs_has_bits(mol_ref):
+                        need["maccs"][ref] = None
+                    if not _rdk_has_bits(mol_ref):
+                        need["rdk"][ref] = None
+            if canonical:
+                for smiles, mol in ((ref, mol_ref), (hyp, mol_hyp)):
+                    if mol is not None:
+                        need["canonical"][smiles] = None
+        got = {kind: {s: compute[kind](mols[s]) for s in strings} for kind, strings in need.items()}
+    out = []
+    for ref, hyp in pairs:
+        valid = mols[ref] is not None and mols[hyp] is not None
+        row = {
+            "valid": valid,
+            "output_valid": mols[hyp] is not None,
+            "exact_match": False,
+            "maccs_fts": None,
+            "rdk_fts": None,
+            "morgan_fts": None,
+        }
+        if valid and ref == hyp:
+            row["exact_match"] = bool(got["inchi"][ref])
+            for kind in ("maccs", "rdk", "morgan"):
+                fp = got[kind].get(ref)  # None: skipped as non-empty, Tanimoto 1.0
+                row[f"{kind}_fts"] = 1.0 if fp is None else tanimoto(fp, fp)
+        elif valid:
+            inchi = got["inchi"][ref]
+            row["exact_match"] = bool(inchi) and inchi == got["inchi"][hyp]
+            for kind in ("maccs", "rdk", "morgan"):
+                row[f"{kind}_fts"] = tanimoto(got[kind][ref], got[kind][hyp])
+        if canonical:
+            row["_canon"] = tuple(got["canonical"].get(s) for s in (ref, hyp))
+        out.append(row)
+    return out
 
 
 FTS_KEYS = ("maccs_fts", "rdk_fts", "morgan_fts")
@@ -120,11 +221,10 @@ def uniqueness(outputs: Sequence[str], valid_output: Sequence[bool]) -> float:
 
 # The SMILES tokenisation regex of Schwaller et al. (Molecular Transformer), for length stats.
 _SMILES_TOKEN_PATTERN = r"(\[[^\]]+]|Br?|Cl?|N|O|S|P|F|I|b|c|n|o|s|p|\(|\)|\.|=|#|-|\+|\\|\/|:|~|@|\?|>|\*|\$|%[0-9]{2}|[0-9])"
+_SMILES_TOKEN_RE = re.compile(_SMILES_TOKEN_PATTERN)
 
 
 def smiles_token_count(smiles: str) -> int:
     """Number of SMILES tokens (atoms, bonds, ring closures...); unmatched characters count 1."""
-    import re
-
-    matched = re.findall(_SMILES_TOKEN_PATTERN, smiles)
-    return len(matched) + (len(smiles) - sum(len(t) for t in matched))
+    matched = _SMILES_TOKEN_RE.findall(smiles)
+    return len(matched) + (len(smiles) - sum(map(len, matched)))

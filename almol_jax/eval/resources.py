@@ -12,8 +12,8 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import sys
 import tempfile
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -172,6 +172,33 @@ def layout_wordnet(dict_dir: str | os.PathLike, cache: str | os.PathLike | None 
     return root
 
 
+def nltk_data_path() -> list:
+    """``nltk.data.path``, without importing nltk when it is not loaded yet.
+
+    Importing nltk takes ~0.8 s (it imports scipy.stats), which a report that only names the
+    WordNet source should not pay. Until nltk is imported nobody can have changed its path, so
+    this is the list nltk's data module builds at import on POSIX (tested equal to it); once
+    nltk is loaded (or on Windows), it is the live ``nltk.data.path``.
+    """
+    if "nltk" in sys.modules or sys.platform.startswith("win"):
+        import nltk
+
+        return list(nltk.data.path)
+    path = [os.path.expanduser(d) for d in os.environ.get("NLTK_DATA", "").split(os.pathsep) if d]
+    if "APPENGINE_RUNTIME" not in os.environ and os.path.expanduser("~/") != "~/":
+        path.append(os.path.expanduser("~/nltk_data"))
+    path += [
+        os.path.join(sys.prefix, "nltk_data"),
+        os.path.join(sys.prefix, "share", "nltk_data"),
+        os.path.join(sys.prefix, "lib", "nltk_data"),
+        "/usr/share/nltk_data",
+        "/usr/local/share/nltk_data",
+        "/usr/lib/nltk_data",
+        "/usr/local/lib/nltk_data",
+    ]
+    return path
+
+
 @dataclass(frozen=True)
 class WordNetSource:
     """Where WordNet came from: the NLTK_DATA root to use and a description for reports."""
@@ -188,9 +215,8 @@ def find_wordnet(
     Order: ``explicit`` (an NLTK_DATA root holding corpora/wordnet, or a WordNet dict directory,
     laid out on the fly), $NLTK_DATA, nltk's standard data path, then Debian's
     /usr/share/wordnet laid out in the cache with the lexnames file written by us.
+    Finding it does not import nltk (:func:`nltk_data_path`).
     """
-    import nltk
-
     looked: list[str] = []
     if explicit:
         path = Path(explicit)
@@ -204,7 +230,7 @@ def find_wordnet(
             return WordNetSource(Path(entry), f"${WORDNET_ENV} {entry}")
         if entry:
             looked.append(f"${WORDNET_ENV} {entry}")
-    for entry in nltk.data.path:
+    for entry in nltk_data_path():
         if isinstance(entry, str) and _nltk_root_with_wordnet(Path(entry)):
             return WordNetSource(Path(entry), f"nltk_data {entry}")
     looked.append("nltk.data.path")
@@ -230,75 +256,11 @@ def _debian_version() -> str:
 
 
 def load_wordnet(source: WordNetSource):
-    """An nltk WordNetCorpusReader for ``source`` (adds its root to ``nltk.data.path``).
+    """An nltk WordNetCorpusReader for ``source``, fast to start (:mod:`almol_jax.eval.wordnet`);
+    adds its root to ``nltk.data.path``, as nltk 3.10 requires."""
+    from almol_jax.eval.wordnet import load_reader
 
-    nltk 3.10 refuses corpus files outside ``nltk.data.path``, so the root is appended there:
-    the one process-wide change this evaluator makes.
-    """
-    import nltk
-    from nltk.corpus.reader.wordnet import WordNetCorpusReader
-
-    class _EnglishWordNetReader(WordNetCorpusReader):
-        """nltk's reader with a faster start-up; same synsets (tested against the base class).
-
-        - The base __init__ builds a WordNet-to-WordNet sense map (two passes over index.sense,
-          ~7 s) that only the multilingual OMW functions use; METEOR needs synsets() alone.
-        - The index and data.adj scans read the files with Python's own buffered I/O instead
-          of nltk's seekable stream reader (~5x faster); the parsing is the base class's.
-        """
-
-        def map_wn(self, version="wordnet"):
-            return None
-
-        def _path(self, name: str) -> str:
-            return os.path.join(self.root.path, name)
-
-        def _scan_satellites(self):
-            satellites = set()
-            with open(self._path("data.adj"), encoding="utf8") as f:
-                for line in f:
-                    if not line.strip() or line.startswith(" "):
-                        continue
-                    fields = line.split()
-                    if len(fields) >= 3 and fields[2] == "s":
-                        satellites.add(int(fields[0]))
-            self.satellite_offsets = satellites
-
-        def _load_lemma_pos_offset_map(self):
-            from nltk.corpus.reader.wordnet import ADJ, ADJ_SAT, WordNetError
-
-            satellites = self.satellite_offsets
-            table = self._lemma_pos_offset_map
-            for suffix in self._FILEMAP.values():
-                with open(self._path(f"index.{suffix}"), encoding="utf8") as f:
-                    for i, line in enumerate(f):
-                        if line.startswith(" "):
-                            continue
-                        tokens = line.split()
-                        try:
-                            lemma, pos, n_synsets = tokens[0], tokens[1], int(tokens[2])
-                            assert n_synsets > 0
-                            n_pointers = int(tokens[3])
-                            at = 4 + n_pointers
-                            assert int(tokens[at]) == n_synsets
-                            offsets = [int(t) for t in tokens[at + 2 : at + 2 + n_synsets]]
-                            assert len(offsets) == n_synsets
-                        except (AssertionError, ValueError, IndexError) as e:
-                            raise WordNetError(f"file index.{suffix}, line {i + 1}: {e}") from e
-                        table[lemma][pos] = offsets
-                        if pos == ADJ:
-                            table[lemma][ADJ_SAT] = [o for o in offsets if o in satellites]
-
-    root = str(source.nltk_root)
-    if root not in nltk.data.path:
-        nltk.data.path.append(root)
-    wn_dir = source.nltk_root / "corpora" / "wordnet"
-    pointer = (
-        str(wn_dir) if wn_dir.is_dir() else nltk.data.find(f"{root}/corpora/wordnet.zip/wordnet/")
-    )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "multilingual functions are not available"
-        return _EnglishWordNetReader(pointer, None)
+    return load_reader(source.nltk_root)
 
 
 def package_versions() -> dict[str, str | None]:

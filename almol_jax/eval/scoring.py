@@ -16,9 +16,9 @@ import numpy as np
 
 from almol_jax.eval import bleu as bleu_lib
 from almol_jax.eval import molecule
-from almol_jax.eval.chrf import ChrfConfig, corpus_chrf_from_stats, row_chrf
+from almol_jax.eval.chrf import ChrfConfig, batch_row_chrf, corpus_chrf_from_stats
 from almol_jax.eval.length_bias import length_stats
-from almol_jax.eval.parallel import map_chunks
+from almol_jax.eval.parallel import ChunkMap, default_start_method, map_chunks
 from almol_jax.eval.resources import MissingResourceError, Resources
 
 
@@ -97,27 +97,33 @@ def _check_rows(sources, references, outputs) -> int:
 
 
 def _c2s_chunk(state, rows):
+    """Per-row caption2smiles values of a chunk of (reference, output) rows (in a worker)."""
     morgan_radius, chrf_config, canonical = state
     import Levenshtein
 
-    chrf = chrf_config.metric()
-    cache: dict[str, molecule.MolFeatures] = {}
-
-    def feats(s: str) -> molecule.MolFeatures:
-        hit = cache.get(s)
-        if hit is None:
-            hit = cache[s] = molecule.smiles_features(s, morgan_radius, canonical)
-        return hit
-
-    out = []
-    for ref, hyp in rows:
-        fr, fo = feats(ref), feats(hyp)
-        row = molecule.row_metrics(ref, hyp, fr, fo)
+    refs = [ref for ref, _ in rows]
+    hyps = [hyp for _, hyp in rows]
+    out = molecule.pair_metrics(rows, morgan_radius, canonical)
+    chrf = batch_row_chrf(chrf_config.metric(), refs, hyps)
+    # Character BLEU counts the raw strings' n-grams, chrF the whitespace-free ones: the same
+    # overlaps for strings without whitespace (SMILES), so reuse chrF's where both agree.
+    reuse = chrf_config.word_order == 0 and chrf_config.char_order >= bleu_lib.MAX_ORDER
+    redo = [
+        i
+        for i, (ref, hyp) in enumerate(rows)
+        if not (reuse and "".join(ref.split()) == ref and "".join(hyp.split()) == hyp)
+    ]
+    bleu = [None] * len(rows)
+    redone = bleu_lib.batch_row_stats([refs[i] for i in redo], [hyps[i] for i in redo])
+    for i, stats in zip(redo, redone, strict=True):
+        bleu[i] = stats
+    for i, (row, (ref, hyp)) in enumerate(zip(out, rows, strict=True)):
         row["levenshtein"] = Levenshtein.distance(hyp, ref)
-        row["chrf"], row["_chrf"] = row_chrf(chrf, ref, hyp)
-        row["_bleu"] = bleu_lib.row_stats(ref, hyp)  # characters
-        row["_canon"] = (fr.canonical if fr.valid else None, fo.canonical if fo.valid else None)
-        out.append(row)
+        row["chrf"], row["_chrf"] = chrf[i]
+        row["_bleu"] = bleu[i] or bleu_lib.stats_from_overlaps(
+            row["_chrf"][2 : 3 * bleu_lib.MAX_ORDER : 3], len(hyp), len(ref)
+        )
+        row["_tokens"] = (molecule.smiles_token_count(ref), molecule.smiles_token_count(hyp))
     return out
 
 
@@ -165,7 +171,7 @@ def score_caption2smiles(
     for key in molecule.FTS_KEYS:
         metrics[key] = metrics[f"{key}_{options.fingerprint_averaging}"]
     metrics["uniqueness"] = molecule.uniqueness(outputs, [r["output_valid"] for r in rows])
-    canon = [r.pop("_canon") for r in rows]
+    canon = [r.pop("_canon", (None, None)) for r in rows]
     metrics["fcd"] = nan
     if options.fcd:
         from almol_jax.eval.fcd import fcd_score
@@ -181,6 +187,7 @@ def score_caption2smiles(
     metrics["chrf"] = corpus_chrf_from_stats(options.chrf.metric(), [r.pop("_chrf") for r in rows])
     metrics["chrf_sentence_mean"] = float(np.mean([r["chrf"] for r in rows])) if n else nan
     for i, (src, ref, hyp) in enumerate(zip(sources or [""] * n, references, outputs, strict=True)):
+        ref_tokens, out_tokens = rows[i].pop("_tokens")
         rows[i] = {
             "row": i,
             "source": src,
@@ -189,8 +196,8 @@ def score_caption2smiles(
             **rows[i],
             "ref_chars": len(ref),
             "out_chars": len(hyp),
-            "ref_tokens": molecule.smiles_token_count(ref),
-            "out_tokens": molecule.smiles_token_count(hyp),
+            "ref_tokens": ref_tokens,
+            "out_tokens": out_tokens,
         }
     metrics.update(
         length_stats(
@@ -208,47 +215,70 @@ def score_caption2smiles(
 
 
 def _s2c_chunk(state, rows):
-    meteor, chrf_config = state
-    from almol_jax.eval.text import Rouge
+    """Per-row smiles2caption values of a chunk of (reference, output) rows, METEOR aside (in a
+    worker): SciBERT tokens, BLEU statistics, ROUGE, chrF."""
+    tokenizer, trunc, chrf_config, pieces = state
+    from almol_jax.eval.text import rouge_rows
 
-    chrf = chrf_config.metric()
-    rouge = Rouge()
+    refs = [ref for ref, _ in rows]
+    hyps = [hyp for _, hyp in rows]
+    if tokenizer is not None:
+        ref_tok = tokenizer.metric_tokens_many(refs, trunc, pieces)
+        hyp_tok = tokenizer.metric_tokens_many(hyps, trunc, pieces)
+        bleu = bleu_lib.batch_row_stats(ref_tok, hyp_tok)
+    else:  # whitespace tokens only feed the length statistics here
+        ref_tok = [r.split() for r in refs]
+        hyp_tok = [h.split() for h in hyps]
+        bleu = [None] * len(rows)
+    chrf = batch_row_chrf(chrf_config.metric(), refs, hyps)
     out = []
-    for ref, hyp, ref_tok, hyp_tok in rows:
-        row = {"meteor": meteor(ref_tok, hyp_tok) if meteor is not None else None}
-        row.update(rouge(ref, hyp))
-        row["chrf"], row["_chrf"] = row_chrf(chrf, ref, hyp)
-        row["_bleu"] = bleu_lib.row_stats(ref_tok, hyp_tok)
+    for i, rouge in enumerate(rouge_rows(refs, hyps)):
+        row = {"meteor": None, **rouge}
+        row["chrf"], row["_chrf"] = chrf[i]
+        row["_bleu"] = bleu[i]
+        row["_tokens"] = (ref_tok[i], hyp_tok[i])
         out.append(row)
     return out
 
 
-def _resolve_text_resources(options: EvalOptions, resources: Resources):
-    """(WordPiece or None, MeteorScorer or None), honouring ``skip_unavailable``."""
-    from almol_jax.eval import resources as res
-    from almol_jax.eval.text import meteor_scorer, wordpiece
+def _meteor_chunk(meteor, rows):
+    """METEOR of a chunk of (reference tokens, output tokens) rows."""
+    return [meteor(ref_tok, hyp_tok) for ref_tok, hyp_tok in rows]
 
-    tokenizer = meteor = None
+
+def _resolve_tokenizer(options: EvalOptions, resources: Resources):
+    """The SciBERT WordPiece, or None (honouring ``skip_unavailable``)."""
+    from almol_jax.eval import resources as res
+    from almol_jax.eval.text import wordpiece
+
     try:
         vocab = res.find_scibert_vocab(options.scibert_vocab)
-        tokenizer = wordpiece(str(vocab))
-        resources.scibert_vocab = str(vocab)
-        resources.scibert_vocab_sha256 = res.sha256_file(vocab)
     except MissingResourceError as e:
         if not options.skip_unavailable:
             raise
         resources.skipped.update(dict.fromkeys(("bleu2", "bleu4", "meteor", "props"), str(e)))
-        return None, None
+        return None
+    resources.scibert_vocab = str(vocab)
+    resources.scibert_vocab_sha256 = res.sha256_file(vocab)
+    return wordpiece(str(vocab))
+
+
+def _resolve_meteor(options: EvalOptions, resources: Resources):
+    """The METEOR scorer with WordNet loaded (nltk import included: ~1.3 s), or None."""
+    from almol_jax.eval import resources as res
+    from almol_jax.eval.text import meteor_scorer
+
     try:
         source = res.find_wordnet(options.wordnet_dir)
-        meteor = meteor_scorer(source)
-        resources.wordnet_source = source.source
-        resources.wordnet_version = meteor.wordnet_version
     except MissingResourceError as e:
         if not options.skip_unavailable:
             raise
         resources.skipped["meteor"] = str(e)
-    return tokenizer, meteor
+        return None
+    meteor = meteor_scorer(source)
+    resources.wordnet_source = source.source
+    resources.wordnet_version = meteor.wordnet_version
+    return meteor
 
 
 def score_smiles2caption(
@@ -271,23 +301,36 @@ def score_smiles2caption(
     resources = resources if resources is not None else Resources()
     n = _check_rows(sources, references, outputs)
     outputs = [strip_cls(o) for o in outputs]
-    tokenizer, meteor = _resolve_text_resources(options, resources)
-    trunc = options.text_trunc_length
-    if tokenizer is not None:
-        ref_tok = [tokenizer.metric_tokens(r, trunc) for r in references]
-        out_tok = [tokenizer.metric_tokens(o, trunc) for o in outputs]
-    else:  # whitespace tokens only feed the length statistics here
-        ref_tok = [r.split() for r in references]
-        out_tok = [o.split() for o in outputs]
-    rows = map_chunks(
+    tokenizer = _resolve_tokenizer(options, resources)
+    with ChunkMap(
         _s2c_chunk,
-        list(zip(references, outputs, ref_tok, out_tok, strict=True)),
-        state=(meteor, options.chrf),
+        list(zip(references, outputs, strict=True)),
+        # The last item: this run's WordPiece memo, one copy per process (never kept).
+        state=(tokenizer, options.text_trunc_length, options.chrf, {}),
         num_workers=options.num_workers,
         progress=options.progress,
         desc="smiles2caption",
         start_method=options.start_method,
-    )
+    ) as work:
+        # While the workers tokenize and count: nltk and WordNet load here, the long pole.
+        meteor = _resolve_meteor(options, resources) if tokenizer is not None else None
+        rows = work.results()
+    tokens = [r.pop("_tokens") for r in rows]
+    ref_tok, out_tok = [t[0] for t in tokens], [t[1] for t in tokens]
+    if meteor is not None:
+        # Forked workers inherit the loaded WordNet; other start methods would reload it each.
+        forks = (options.start_method or default_start_method()) == "fork"
+        values = map_chunks(
+            _meteor_chunk,
+            list(zip(ref_tok, out_tok, strict=True)),
+            state=meteor,
+            num_workers=options.num_workers if forks else 1,
+            progress=options.progress,
+            desc="METEOR",
+            start_method=options.start_method,
+        )
+        for row, value in zip(rows, values, strict=True):
+            row["meteor"] = value
     nan = float("nan")
     metrics: dict[str, float] = {"n": n}
     stats = [r.pop("_bleu") for r in rows]

@@ -4,18 +4,21 @@
   (BertNormalizer lower-casing, BertPreTokenizer, WordPiece ``##``): the same tokens as
   ``BertTokenizerFast.from_pretrained``; cut to the first 512, [CLS]/[SEP]/[PAD] dropped.
 - BLEU-2/4: nltk corpus BLEU on those tokens (via :mod:`almol_jax.eval.bleu`).
-- METEOR: nltk ``meteor_score([ref_tokens], out_tokens)`` with WordNet 3.0; the WordNet lookups
-  and Porter stems are memoised per word (same results, several times faster).
-- ROUGE-1/2/L: F-measure of ``rouge_score`` on the raw strings, no stemmer.
+- METEOR: nltk ``meteor_score([ref_tokens], out_tokens)`` with WordNet 3.0, in
+  :mod:`almol_jax.eval.meteor` (the same passes with per-word stems and synonym sets memoised).
+- ROUGE-1/2/L: F-measure of ``rouge_score`` on the raw strings, no stemmer, re-implemented
+  (its tokenizer is one regex; its counts are the n-gram overlaps) so that scoring needs no nltk.
 An output starting with ``"[CLS] "`` loses that prefix first, as in the reference script.
 """
 
 from __future__ import annotations
 
 import functools
-import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
+
+from almol_jax.eval.meteor import MeteorScorer, meteor_scorer  # noqa: F401 (re-exported)
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 DROPPED_TOKENS = frozenset({"[PAD]", "[CLS]", "[SEP]"})
@@ -62,85 +65,36 @@ class WordPiece:
         """The scorer's tokens: first ``max_length`` tokens, [CLS]/[SEP]/[PAD] dropped."""
         return [t for t in self.tokenize(text)[:max_length] if t not in DROPPED_TOKENS]
 
+    def tokenize_many(self, texts: Sequence[str], memo: dict | None = None) -> list[list[str]]:
+        """:meth:`tokenize` of each text, each distinct space-separated piece encoded once.
 
-class _MemoWordNet:
-    """``synsets(word)`` of a WordNet reader, memoised (METEOR asks for the same words often)."""
+        The same tokens: the normalizer works character by character (clean-up, CJK padding,
+        accent stripping, lower-casing; no context crosses a space), the pre-tokenizer splits
+        at every space, and no special token contains one. Captions repeat their words, so
+        this encodes a fraction of the pieces. ``memo`` (piece -> tokens, filled here) lets
+        several calls of one scoring run share the pieces seen.
+        """
+        memo = {} if memo is None else memo
+        encode = self._tok.encode
+        out = []
+        for text in texts:
+            tokens: list[str] = []
+            for piece in text.split(" "):
+                hit = memo.get(piece)
+                if hit is None:
+                    hit = memo[piece] = encode(piece, add_special_tokens=False).tokens
+                tokens += hit
+            out.append(tokens)
+        return out
 
-    def __init__(self, reader):
-        self._reader = reader
-        self._cache: dict[str, list] = {}
-
-    def synsets(self, word):
-        hit = self._cache.get(word)
-        if hit is None:
-            hit = self._cache[word] = self._reader.synsets(word)
-        return hit
-
-
-class _MemoStemmer:
-    """A memoised nltk PorterStemmer (``stem`` is pure)."""
-
-    def __init__(self):
-        from nltk.stem.porter import PorterStemmer
-
-        self._stemmer = PorterStemmer()
-        self._cache: dict[str, str] = {}
-
-    def stem(self, word):
-        hit = self._cache.get(word)
-        if hit is None:
-            hit = self._cache[word] = self._stemmer.stem(word)
-        return hit
-
-
-class MeteorScorer:
-    """nltk METEOR with memoised WordNet and stemmer; pickles as its WordNet source only.
-
-    Loading WordNet takes seconds, so :func:`meteor_scorer` keeps a few loaded scorers per
-    process (a cache of read-only data: repeated validation runs reuse it).
-    """
-
-    def __init__(self, wordnet_source):
-        from almol_jax.eval.resources import load_wordnet
-
-        self.wordnet_source = wordnet_source
-        self._reader = load_wordnet(wordnet_source)
-        self._pid = os.getpid()
-        self._wordnet = _MemoWordNet(self._reader)
-        self._stemmer = _MemoStemmer()
-
-    @property
-    def wordnet_version(self) -> str:
-        return self._reader.get_version()
-
-    def __getstate__(self):
-        return {"wordnet_source": self.wordnet_source}
-
-    def __setstate__(self, state):
-        self.__init__(state["wordnet_source"])
-
-    def __call__(self, reference_tokens: Sequence[str], output_tokens: Sequence[str]) -> float:
-        from nltk.translate.meteor_score import meteor_score
-
-        if os.getpid() != self._pid:
-            # A forked child shares the parent's open data files, file offsets included:
-            # concurrent seeks would corrupt reads, so each process opens its own.
-            self._reader._data_file_map = {}
-            self._pid = os.getpid()
-        return float(
-            meteor_score(
-                [list(reference_tokens)],
-                list(output_tokens),
-                stemmer=self._stemmer,
-                wordnet=self._wordnet,
-            )
-        )
-
-
-@functools.lru_cache(maxsize=4)
-def meteor_scorer(wordnet_source) -> MeteorScorer:
-    """A (cached) :class:`MeteorScorer` for a :class:`~almol_jax.eval.resources.WordNetSource`."""
-    return MeteorScorer(wordnet_source)
+    def metric_tokens_many(
+        self, texts: Sequence[str], max_length: int = 512, memo: dict | None = None
+    ) -> list[list[str]]:
+        """:meth:`metric_tokens` of each text (via :meth:`tokenize_many`)."""
+        return [
+            [t for t in tokens[:max_length] if t not in DROPPED_TOKENS]
+            for tokens in self.tokenize_many(texts, memo)
+        ]
 
 
 @functools.lru_cache(maxsize=4)
@@ -167,33 +121,55 @@ def lcs_length(a: Sequence, b: Sequence) -> int:
     return len(a) - v.bit_count()
 
 
-class Rouge:
-    """ROUGE-1/2/L F-measures exactly as ``RougeScorer(['rouge1','rouge2','rougeL'])``.
+_ROUGE_TOKEN_RE = re.compile(r"[a-z0-9]+")
 
-    Uses rouge_score's own tokenizer and n-gram scoring; only the LCS table is replaced by
-    :func:`lcs_length` (the same integer), so the floats are identical.
+
+def rouge_tokens(text: str) -> list[str]:
+    """rouge-score's tokens without stemming: the runs of [a-z0-9] of the lower-cased text
+    (what it gets by replacing the other characters with spaces and splitting)."""
+    return _ROUGE_TOKEN_RE.findall(text.lower())
+
+
+def _fmeasure(precision: float, recall: float) -> float:
+    """rouge_score.scoring.fmeasure."""
+    if precision + recall > 0:
+        return 2 * precision * recall / (precision + recall)
+    return 0.0
+
+
+def rouge_rows(references: Sequence[str], outputs: Sequence[str]) -> list[dict[str, float]]:
+    """ROUGE-1/2/L F-measures of many rows, as ``RougeScorer(['rouge1','rouge2','rougeL'])``
+    called the reference's way, ``score(target=output, prediction=reference)``.
+
+    The same integers (n-gram intersections via :mod:`almol_jax.eval.ngrams`, the LCS via
+    :func:`lcs_length`) in rouge-score's float operations, so the same floats.
     """
+    from almol_jax.eval.ngrams import overlap_counts
 
-    def __init__(self):
-        from rouge_score import tokenizers
-
-        self._tokenizer = tokenizers.DefaultTokenizer(use_stemmer=False)
-
-    def __call__(self, reference: str, output: str) -> dict[str, float]:
-        """ROUGE of one row, called as the reference does: ``score(target=output, prediction=reference)``."""
-        from rouge_score import rouge_scorer as rs
-        from rouge_score import scoring
-
-        target = self._tokenizer.tokenize(output)
-        prediction = self._tokenizer.tokenize(reference)
+    targets = [rouge_tokens(o) for o in outputs]
+    predictions = [rouge_tokens(r) for r in references]
+    rows = []
+    for target, prediction, overlaps in zip(
+        targets, predictions, overlap_counts(targets, predictions, 2), strict=True
+    ):
         row = {}
-        for n in (1, 2):
-            row[f"rouge{n}"] = rs._score_ngrams(
-                rs._create_ngrams(target, n), rs._create_ngrams(prediction, n)
-            ).fmeasure
+        for n, intersection in enumerate(overlaps, start=1):
+            precision = intersection / max(len(prediction) - n + 1, 1)
+            recall = intersection / max(len(target) - n + 1, 1)
+            row[f"rouge{n}"] = _fmeasure(precision, recall)
         if not target or not prediction:
             row["rougeL"] = 0
         else:
             lcs = lcs_length(target, prediction)
-            row["rougeL"] = scoring.fmeasure(lcs / len(prediction), lcs / len(target))
-        return row
+            row["rougeL"] = _fmeasure(lcs / len(prediction), lcs / len(target))
+        rows.append(row)
+    return rows
+
+
+class Rouge:
+    """ROUGE-1/2/L F-measures of one row exactly as ``RougeScorer(['rouge1','rouge2','rougeL'])``
+    (see :func:`rouge_rows`)."""
+
+    def __call__(self, reference: str, output: str) -> dict[str, float]:
+        """ROUGE of one row, called as the reference does: ``score(target=output, prediction=reference)``."""
+        return rouge_rows([reference], [output])[0]

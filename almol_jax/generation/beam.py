@@ -34,14 +34,14 @@ NEG = -1.0e9
 def gather_cache_rows(cache, rows_R: jax.Array, batch: int):
     """Selects batch rows of a KV cache pytree: every leaf with a batch axis of size `batch`.
 
-    The cache layout is k/v `[L, B, S, K, H]` (batch on axis 1), `key_valid_BS` (axis 0) and a
-    scalar `end_index` (kept as is).
+    The cache layout is per-layer k/v `[B, K, S, H]` and `key_valid_BS` (batch on axis 0 of
+    every array) and a scalar `end_index` (kept as is).
     """
 
     def take(leaf):
         if leaf.ndim == 0:
             return leaf
-        axis = 1 if leaf.ndim == 5 else 0
+        axis = 0
         if leaf.shape[axis] != batch:
             raise ValueError(f"cache leaf of shape {leaf.shape} has no batch axis of size {batch}")
         return jnp.take(leaf, rows_R, axis=axis)

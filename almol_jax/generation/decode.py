@@ -58,20 +58,39 @@ def prompt_positions(attention_mask_BP: jax.Array) -> jax.Array:
 def prefill(model, input_ids_BP, attention_mask_BP, max_length: int):
     """Runs the prompt through the model into a fresh cache of `max_length` slots.
 
+    The prompt attends only to itself (a cache of exactly P slots, padded to `max_length`
+    afterwards), and logits are computed at the last position only.
     Returns (last-position logits `[B, V]`, cache, prompt lengths `[B]`).
     """
     from almol_jax.model.kv_cache import init_cache
 
-    batch, _ = input_ids_BP.shape
-    cache = init_cache(model.config, batch, max_length, jnp.dtype(model.config.dtype))
-    logits_BPV, cache = model(
+    batch, prompt_len = input_ids_BP.shape
+    cache = init_cache(model.config, batch, prompt_len, jnp.dtype(model.config.dtype))
+    h_BPD, cache = model.hidden_states(
         input_ids_BP,
-        attention_mask_BT=attention_mask_BP,
+        attention_mask_BP,
         positions_BT=prompt_positions(attention_mask_BP),
         cache=cache,
     )
+    logits_BV = model.lm_head_logits(h_BPD[:, -1, :])[:, : model.config.vocab_size]
+    cache = pad_cache(cache, max_length)
     lengths_B = jnp.sum(attention_mask_BP.astype(jnp.int32), axis=-1)
-    return logits_BPV[:, -1, :].astype(jnp.float32), cache, lengths_B
+    return logits_BV.astype(jnp.float32), cache, lengths_B
+
+
+def pad_cache(cache, max_length: int):
+    """The cache with empty slots appended up to `max_length` (end_index unchanged)."""
+    extra = max_length - cache.max_length
+    if extra < 0:
+        raise ValueError(f"cache holds {cache.max_length} slots, more than {max_length=}")
+    if extra == 0:
+        return cache
+    pad_kv = ((0, 0), (0, 0), (0, extra), (0, 0))
+    return cache.replace(
+        k=tuple(jnp.pad(k, pad_kv) for k in cache.k),
+        v=tuple(jnp.pad(v, pad_kv) for v in cache.v),
+        key_valid_BS=jnp.pad(cache.key_valid_BS, ((0, 0), (0, extra))),
+    )
 
 
 def step(model, token_B, position_B, cache):

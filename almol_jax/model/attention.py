@@ -1,4 +1,4 @@
-"""Self-attention: mask building, GQA/MQA via jax.nn.dot_product_attention, KV-cache writes.
+"""Self-attention: mask building, GQA/MQA attention (softmax_attention.py or cuDNN), KV cache.
 
 A query may attend a key iff: key index <= query index (causal, by index in the row) AND the key
 is valid (padding mask) AND segment ids are equal (when given) AND mask_BTS[b, t, s] (when
@@ -13,8 +13,9 @@ import jax.numpy as jnp
 from flax import nnx
 
 from almol_jax.model.config import ModelConfig
-from almol_jax.model.lora import Linear, LoraConfig
-from almol_jax.model.rope import apply_rope, inv_frequencies
+from almol_jax.model.lora import Linear, LoraConfig, project
+from almol_jax.model.rope import apply_rope
+from almol_jax.model.softmax_attention import cached_attention, mask_to_bias, softmax_attention
 
 
 def build_mask(
@@ -62,49 +63,46 @@ class Attention(nnx.Module):
         self.v_proj = Linear(d, k * h, axes=("embed", "kv_heads"), name="v_proj", **common)
         self.o_proj = Linear(n * h, d, axes=("heads", "embed"), name="o_proj", **common)
         self.num_heads, self.num_kv_heads, self.head_dim = n, k, h
-        self.inv_freq = tuple(float(f) for f in inv_frequencies(config))
         self.attention_impl = config.attention_impl
 
     def __call__(
         self,
         x_BTD: jax.Array,
-        positions_BT: jax.Array,
+        rope: tuple[jax.Array, jax.Array],
         mask_BTS: jax.Array,
-        kv_LBSKH: tuple[jax.Array, jax.Array] | None = None,
+        kv_BKSH: tuple[jax.Array, jax.Array] | None = None,
         end_index: jax.Array | None = None,
-        layer: int = 0,
     ):
-        """Returns (out_BTD, kv): kv is (k_LBSKH, v_LBSKH), the WHOLE stacked cache with this
-        layer's T new keys/values written at [layer, :, end_index] (an in-place update inside a
-        compiled decode loop: no copy of the other layers), or None without a cache."""
+        """Returns (out_BTD, kv): kv is this layer's cache (k_BKSH, v_BKSH) with the T new
+        keys/values written at [:, :, end_index] (an in-place update inside a compiled decode
+        loop), or None without a cache."""
         b, t, _ = x_BTD.shape
-        q_BTNH = self.q_proj(x_BTD).reshape(b, t, self.num_heads, self.head_dim)
-        k_BTKH = self.k_proj(x_BTD).reshape(b, t, self.num_kv_heads, self.head_dim)
-        v_BTKH = self.v_proj(x_BTD).reshape(b, t, self.num_kv_heads, self.head_dim)
-        q_BTNH = apply_rope(q_BTNH, positions_BT, self.inv_freq)
-        k_BTKH = apply_rope(k_BTKH, positions_BT, self.inv_freq)
-        if kv_LBSKH is not None:
-            k_LBSKH, v_LBSKH = kv_LBSKH
-            start = (layer, 0, end_index, 0, 0)
-            k_LBSKH = jax.lax.dynamic_update_slice(
-                k_LBSKH, k_BTKH[None].astype(k_LBSKH.dtype), start
+        q_BTO, k_BTO, v_BTO = project((self.q_proj, self.k_proj, self.v_proj), x_BTD)
+        q_BTNH = apply_rope(q_BTO.reshape(b, t, self.num_heads, self.head_dim), rope)
+        k_BTKH = apply_rope(k_BTO.reshape(b, t, self.num_kv_heads, self.head_dim), rope)
+        v_BTKH = v_BTO.reshape(b, t, self.num_kv_heads, self.head_dim)
+        if kv_BKSH is not None:
+            # the cache is [B, K, S, H]: heads before slots, so that the decode-step products
+            # read it without a transposed copy
+            start = (0, 0, end_index, 0)
+            k_BKSH, v_BKSH = (
+                jax.lax.dynamic_update_slice(c, new.transpose(0, 2, 1, 3).astype(c.dtype), start)
+                for c, new in zip(kv_BKSH, (k_BTKH, v_BTKH), strict=True)
             )
-            v_LBSKH = jax.lax.dynamic_update_slice(
-                v_LBSKH, v_BTKH[None].astype(v_LBSKH.dtype), start
-            )
-            k_BSKH, v_BSKH = k_LBSKH[layer], v_LBSKH[layer]
-            kv_LBSKH = (k_LBSKH, v_LBSKH)
+            kv_BKSH = (k_BKSH, v_BKSH)
+            out_BTNH = cached_attention(q_BTNH, k_BKSH, v_BKSH, mask_to_bias(mask_BTS))
+        elif self.attention_impl in (None, "xla"):
+            out_BTNH = softmax_attention(q_BTNH, k_BTKH, v_BTKH, mask_to_bias(mask_BTS))
         else:
-            k_BSKH, v_BSKH = k_BTKH, v_BTKH
-        out_BTNH = jax.nn.dot_product_attention(
-            q_BTNH,
-            k_BSKH.astype(q_BTNH.dtype),
-            v_BSKH.astype(q_BTNH.dtype),
-            mask=mask_BTS[:, None, :, :],
-            implementation=self.attention_impl,
-        )
+            out_BTNH = jax.nn.dot_product_attention(
+                q_BTNH,
+                k_BTKH.astype(q_BTNH.dtype),
+                v_BTKH.astype(q_BTNH.dtype),
+                mask=mask_BTS[:, None, :, :],
+                implementation=self.attention_impl,
+            )
         # a query with no visible key (padding) gets zeros, not a uniform mix of hidden keys
         has_key_BT11 = jnp.any(mask_BTS, axis=-1)[:, :, None, None]
         out_BTNH = jnp.where(has_key_BT11, out_BTNH, jnp.zeros_like(out_BTNH))
         out_BTD = self.o_proj(out_BTNH.reshape(b, t, self.num_heads * self.head_dim))
-        return out_BTD, kv_LBSKH
+        return out_BTD, kv_BKSH

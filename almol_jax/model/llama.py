@@ -14,8 +14,10 @@ from flax import nnx
 
 from almol_jax.model.attention import Attention, build_mask
 from almol_jax.model.config import ModelConfig
+from almol_jax.model.elementwise import rms_norm, swiglu
 from almol_jax.model.kv_cache import KVCache
-from almol_jax.model.lora import Linear, LoraConfig
+from almol_jax.model.lora import Linear, LoraConfig, project
+from almol_jax.model.rope import inv_frequencies, rope_tables
 
 NEG_INF = -1e30
 _REMAT_POLICIES = {
@@ -38,9 +40,7 @@ class RMSNorm(nnx.Module):
         self.dtype = config.compute_dtype
 
     def __call__(self, x_BTD: jax.Array) -> jax.Array:
-        x = x_BTD.astype(jnp.float32)
-        x = x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + self.eps)
-        return self.scale[...].astype(self.dtype) * x.astype(self.dtype)
+        return rms_norm(x_BTD, self.scale[...], self.eps, self.dtype)
 
 
 class Embed(nnx.Module):
@@ -79,7 +79,8 @@ class MLP(nnx.Module):
         self.down_proj = Linear(f, d, axes=("mlp", "embed"), name="down_proj", **common)
 
     def __call__(self, x_BTD: jax.Array) -> jax.Array:
-        return self.down_proj(jax.nn.silu(self.gate_proj(x_BTD)) * self.up_proj(x_BTD))
+        g_BTF, u_BTF = project((self.gate_proj, self.up_proj), x_BTD)
+        return self.down_proj(swiglu(g_BTF, u_BTF))
 
 
 class Block(nnx.Module):
@@ -91,17 +92,17 @@ class Block(nnx.Module):
         self.post_attention_layernorm = RMSNorm(config, rngs=rngs)
         self.mlp = MLP(config, lora=lora, rngs=rngs)
 
-    def __call__(self, x_BTD, positions_BT, mask_BTS, kv_LBSKH=None, end_index=None, layer=0):
-        attn_BTD, kv_LBSKH = self.self_attn(
-            self.input_layernorm(x_BTD), positions_BT, mask_BTS, kv_LBSKH, end_index, layer
+    def __call__(self, x_BTD, rope, mask_BTS, kv_BKSH=None, end_index=None):
+        attn_BTD, kv_BKSH = self.self_attn(
+            self.input_layernorm(x_BTD), rope, mask_BTS, kv_BKSH, end_index
         )
         x_BTD = x_BTD + attn_BTD
         x_BTD = x_BTD + self.mlp(self.post_attention_layernorm(x_BTD))
-        return x_BTD, kv_LBSKH
+        return x_BTD, kv_BKSH
 
 
-def _run_block(block, x_BTD, positions_BT, mask_BTS, kv_LBSKH, end_index, layer):
-    return block(x_BTD, positions_BT, mask_BTS, kv_LBSKH, end_index, layer)
+def _run_block(block, x_BTD, rope, mask_BTS, kv_BKSH, end_index):
+    return block(x_BTD, rope, mask_BTS, kv_BKSH, end_index)
 
 
 class LlamaModel(nnx.Module):
@@ -183,23 +184,28 @@ class LlamaForCausalLM(nnx.Module):
                 _run_block,
                 policy=_REMAT_POLICIES[policy],
                 prevent_cse=True,
-                static_argnums=(6,),  # the layer index
                 # the train step merges the model inside value_and_grad / lax.scan: no graph
                 # updates may leak out of the rematerialised block
                 graph_updates=False,
             )
         )
+        # positions lie in [0, T) without a cache (training rows, prompts) and in [0, S) with one
+        num_positions = t if cache is None else cache.max_length
+        rope = rope_tables(positions_BT, inv_frequencies(self.config), num_positions)
         x_BTD = self.model.embed_tokens(input_ids_BT)
-        # the stacked [L, B, S, K, H] cache goes through every layer, each writing its own slice
-        kv_LBSKH = None if cache is None else (cache.k, cache.v)
+        new_k, new_v = [], []
         for i, block in enumerate(self.model.layers):
-            x_BTD, kv_LBSKH = run(block, x_BTD, positions_BT, allowed_BTS, kv_LBSKH, end_index, i)
+            kv_BKSH = None if cache is None else (cache.k[i], cache.v[i])
+            x_BTD, kv_BKSH = run(block, x_BTD, rope, allowed_BTS, kv_BKSH, end_index)
+            if cache is not None:
+                new_k.append(kv_BKSH[0])
+                new_v.append(kv_BKSH[1])
         h_BTD = self.model.norm(x_BTD)
         if cache is None:
             return h_BTD
         new_cache = KVCache(
-            k=kv_LBSKH[0],
-            v=kv_LBSKH[1],
+            k=tuple(new_k),
+            v=tuple(new_v),
             end_index=end_index + t,
             key_valid_BS=key_valid_BS,
         )

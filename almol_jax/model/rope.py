@@ -38,13 +38,42 @@ def inv_frequencies(config: ModelConfig) -> np.ndarray:
     raise ValueError(f"rope_type={rope_type!r} is not supported")
 
 
-def apply_rope(x_BTNH: jax.Array, positions_BT: jax.Array, inv_freq_h: np.ndarray) -> jax.Array:
-    """Rotates query/key heads by their positions; float32 inside, input dtype out."""
-    inv = jnp.asarray(inv_freq_h, jnp.float32)
-    freqs_BTh = positions_BT.astype(jnp.float32)[..., None] * inv
-    emb_BTH = jnp.concatenate([freqs_BTh, freqs_BTh], axis=-1)
-    cos_BT1H = jnp.cos(emb_BTH)[:, :, None, :]
-    sin_BT1H = jnp.sin(emb_BTH)[:, :, None, :]
+# Above this many table entries (positions x H/2) the tables are computed on device instead.
+MAX_TABLE_ENTRIES = 1 << 20
+
+
+def rope_tables(
+    positions_BT: jax.Array, inv_freq_h: np.ndarray, num_positions: int
+) -> tuple[jax.Array, jax.Array]:
+    """(cos, sin) float32 [B, T, H] at the positions, which must lie in [0, num_positions).
+
+    The tables are host constants (numpy, computed when the function is traced) gathered by
+    position: computed on device, XLA's CPU backend fuses cos/sin into every layer's rotation
+    and re-evaluates them per head element (issue 8). The angle is the float32 product
+    position * inv_freq, as Hugging Face computes it. A position outside the table gives NaN,
+    never a silently wrong rotation. Very long tables (more than MAX_TABLE_ENTRIES entries) are
+    computed on device instead.
+    """
+    inv32 = np.asarray(inv_freq_h, np.float32)
+    if num_positions * inv32.size > MAX_TABLE_ENTRIES:
+        freqs_BTh = positions_BT.astype(jnp.float32)[..., None] * jnp.asarray(inv32)
+        cos_BTh, sin_BTh = jnp.cos(freqs_BTh), jnp.sin(freqs_BTh)
+    else:
+        angle_Ph = np.arange(num_positions, dtype=np.float32)[:, None] * inv32[None, :]
+        tables = []
+        for fn in (np.cos, np.sin):
+            table_Ph = jnp.asarray(fn(angle_Ph.astype(np.float64)).astype(np.float32))
+            tables.append(jnp.take(table_Ph, positions_BT, axis=0, mode="fill", fill_value=np.nan))
+        cos_BTh, sin_BTh = tables
+    return (
+        jnp.concatenate([cos_BTh, cos_BTh], axis=-1),
+        jnp.concatenate([sin_BTh, sin_BTh], axis=-1),
+    )
+
+
+def apply_rope(x_BTNH: jax.Array, rope: tuple[jax.Array, jax.Array]) -> jax.Array:
+    """Rotates query/key heads by the (cos, sin) tables of `rope_tables`; float32 inside."""
+    cos_BT1H, sin_BT1H = rope[0][:, :, None, :], rope[1][:, :, None, :]
     x = x_BTNH.astype(jnp.float32)
     x1, x2 = jnp.split(x, 2, axis=-1)
     rotated = jnp.concatenate([-x2, x1], axis=-1)

@@ -11,6 +11,7 @@ layout (docs/DESIGN.md; one row per pair) instead of the plain one, from the sam
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -30,6 +31,11 @@ class RunData:
     steps_per_epoch: int
     total_steps: int
     report: Any
+    # direction -> a fresh one-pass iterator over that direction's validation pairs only
+    # (empty when the validation split holds a single direction)
+    validation_by_direction: dict[str, Callable[[], Iterator[dict]]] = dataclasses.field(
+        default_factory=dict
+    )
 
 
 def total_steps_for(train_cfg, steps_per_epoch: int) -> int:
@@ -39,9 +45,14 @@ def total_steps_for(train_cfg, steps_per_epoch: int) -> int:
     return max(1, int(math.ceil(train_cfg.epochs * steps_per_epoch)))
 
 
-def build_data(cfg, *, run_dir: str | Path, primary: bool = True) -> RunData:
-    """Reads, tokenises and batches the train/validation splits of a RunConfig."""
+def build_data(cfg, *, run_dir: str | Path, primary: bool = True, batch_shards: int = 1) -> RunData:
+    """Reads, tokenises and batches the train/validation splits of a RunConfig.
+
+    `batch_shards`: how many devices the batch axis is split over (data x fsdp); packed batches
+    get a row count divisible by it times train.grad_accum.
+    """
     from almol_jax.data.batching import BatchIterator
+    from almol_jax.data.packing import PackedIterator
     from almol_jax.data.prefix_sharing import PrefixSharedIterator, use_prefix_sharing
     from almol_jax.data.report import DataReport
     from almol_jax.data.sources import split_files
@@ -57,12 +68,28 @@ def build_data(cfg, *, run_dir: str | Path, primary: bool = True) -> RunData:
     train_examples = prepare_split(cfg, tokenizer, "train", report)
     shared = use_prefix_sharing(cfg.data.prefix_sharing, cfg.objective.name)
 
+    packing = cfg.data.packing == "on"
+    # rows split into micro-batches, each over the batch shards (and hence over the processes)
+    row_multiple = cfg.train.grad_accum * math.lcm(batch_shards, jax.process_count())
+
     def batches(examples, train: bool):
         plain = BatchIterator.from_config(cfg, examples, tokenizer, train=train, **kw)
+        if packing:
+            return PackedIterator(
+                plain,
+                row_len=cfg.data.pack_length or 2 * cfg.data.max_length,
+                max_slots=cfg.data.pack_max_pairs,
+                row_multiple=row_multiple,
+                responses="chosen" if cfg.objective.name == "sft" else "both",
+                **kw,
+            )
         return PrefixSharedIterator(plain, row_buckets=plain.lengths) if shared else plain
 
     train = batches(train_examples, True)
-    report.set_batching("train", train.padding_stats())
+    batching = dict(train.padding_stats())
+    if packing:  # the share of packed row tokens that are real, over epoch 0
+        batching["packing_efficiency"] = round(train.efficiency(), 4)
+    report.set_batching("train", batching)
     val_examples = []
     if split_files(cfg.data, "validation"):
         val_examples = prepare_split(cfg, tokenizer, "validation", report)
@@ -74,6 +101,12 @@ def build_data(cfg, *, run_dir: str | Path, primary: bool = True) -> RunData:
 
     if val_examples:
         report.set_batching("validation", validation().padding_stats())
+    by_direction: dict[str, Callable[[], Iterator[dict]]] = {}
+    directions = sorted({ex.direction for ex in val_examples})
+    if len(directions) > 1:
+        for direction in directions:
+            subset = [ex for ex in val_examples if ex.direction == direction]
+            by_direction[direction] = functools.partial(batches, subset, False)
     if primary:
         report.to_json(run_dir / "data_report.json")
     return RunData(
@@ -81,6 +114,7 @@ def build_data(cfg, *, run_dir: str | Path, primary: bool = True) -> RunData:
         train=train,
         validation=validation,
         has_validation=bool(val_examples),
+        validation_by_direction=by_direction,
         steps_per_epoch=train.batches_per_epoch,
         total_steps=total_steps_for(cfg.train, train.batches_per_epoch),
         report=report,

@@ -170,7 +170,12 @@ def run_training(
 
     mesh = make_run_mesh(cfg)
     rules = cfg.mesh.rules
-    data = data_setup.build_data(cfg, run_dir=run_dir, primary=primary)
+    batch_spec = logical_sharding(("batch",), mesh, rules).spec[0]
+    batch_axes = (
+        () if batch_spec is None else (batch_spec,) if isinstance(batch_spec, str) else batch_spec
+    )
+    batch_shards = math.prod(mesh.shape[a] for a in batch_axes)
+    data = data_setup.build_data(cfg, run_dir=run_dir, primary=primary, batch_shards=batch_shards)
     total_steps = data.total_steps
     t = cfg.train
     warmup = opt_lib.warmup_steps_for(total_steps, t.warmup_ratio)
@@ -235,11 +240,12 @@ def run_training(
         placed = to_global(host_batch, batch_sh, num_processes)
         return join(placed) if num_processes > 1 and not is_indexed_batch(host_batch) else placed
 
-    def validate(step: int) -> dict[str, float] | None:
+    def validate_pass(batches, limit: int) -> tuple[dict[str, float], float]:
+        """(pair-weighted metric sums, pairs) over the first `limit` batches (0: all)."""
         totals: dict[str, float] = {}
         pairs = 0.0
-        for i, host_batch in enumerate(data.validation()):
-            if t.eval_batches and i >= t.eval_batches:
+        for i, host_batch in enumerate(batches):
+            if limit and i >= limit:
                 break
             m = _host_metrics(
                 eval_fn(graphdef, state.trainable, frozen, place(host_batch), settings)
@@ -248,9 +254,32 @@ def run_training(
             pairs += n
             for k, v in m.items():
                 totals[k] = totals.get(k, 0.0) + v * n
-        if pairs == 0:
+        return totals, pairs
+
+    def validate(step: int) -> dict[str, float] | None:
+        """eval/<metric> over the validation pairs; with both directions in the split, also
+        eval/<direction>/<metric> from a pass over each direction (train.eval_batches shared
+        between them), the pooled figures being their pair-weighted mean."""
+        by_direction = data.validation_by_direction
+        if not by_direction:
+            totals, pairs = validate_pass(data.validation(), t.eval_batches)
+            return {f"eval/{k}": v / pairs for k, v in totals.items()} if pairs else None
+        limit = -(-t.eval_batches // len(by_direction)) if t.eval_batches else 0
+        out: dict[str, float] = {}
+        pooled: dict[str, float] = {}
+        pooled_pairs = 0.0
+        for direction, make in by_direction.items():
+            totals, pairs = validate_pass(make(), limit)
+            if not pairs:
+                continue
+            out.update({f"eval/{direction}/{k}": v / pairs for k, v in totals.items()})
+            out[f"eval/{direction}/num_pairs"] = pairs
+            pooled_pairs += pairs
+            for k, v in totals.items():
+                pooled[k] = pooled.get(k, 0.0) + v
+        if not pooled_pairs:
             return None
-        return {f"eval/{k}": v / pairs for k, v in totals.items()}
+        return {f"eval/{k}": v / pooled_pairs for k, v in pooled.items()} | out
 
     def save(step: int, val_loss: float | None = None) -> None:
         if not bool(finite(state.trainable)):

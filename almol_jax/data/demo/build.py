@@ -9,7 +9,10 @@ so a crashed or concurrent build never leaves a half-written cache entry.
 
 Files (``split`` in train/validation/test):
   ``{split}.jsonl``        preference triplets ``{"source", "chosen", "rejected", "direction"}``,
-                           direction ``smiles2caption`` or ``caption2smiles``, two per molecule;
+                           direction ``smiles2caption`` or ``caption2smiles``, two per molecule:
+                           the rejection is the nearest neighbour's SMILES, or the neighbour's
+                           facts captioned in the molecule's own caption style (captions.py), so
+                           chosen and rejected captions differ in facts, not in phrasing;
   ``pairs_{split}.jsonl``  gold pairs ``{"CID", "SMILES", "description"}`` (ChEBI-20's column names,
                            the config's default pair columns; CID is the NCI id) for evaluation;
   ``tokenizer/``           ``tokenizer.model`` + configs (``AutoTokenizer.from_pretrained`` loads it);
@@ -22,7 +25,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import random
 import shutil
 import statistics
 import time
@@ -35,14 +37,14 @@ from rdkit import Chem
 from tqdm.auto import tqdm
 
 from almol_jax.config.schema import MEDITRON_CAPTION2SMILES, MEDITRON_SMILES2CAPTION
-from almol_jax.data.demo.captions import render_caption
+from almol_jax.data.demo.captions import CaptionStyle, render_caption
 from almol_jax.data.demo.facts import compute_facts
 from almol_jax.data.demo.molecules import load_molecules, nci_path
 from almol_jax.data.demo.neighbours import nearest_neighbours
 from almol_jax.data.demo.scaffold_split import SPLITS, murcko_scaffold, scaffold_split
 from almol_jax.data.demo.tokenizer_sp import train_sentencepiece
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: smiles2caption rejections in the chosen caption's style
 DIRECTIONS = ("smiles2caption", "caption2smiles")
 
 # The default prompt templates' text (from the config schema, {source} removed) is added to the
@@ -170,18 +172,12 @@ def _build_into(params: DemoParams, paths: DemoPaths, *, progress: bool) -> None
     t0 = time.perf_counter()
     paths.root.mkdir(parents=True)
     molecules, counts = load_molecules(params.source, limit=params.limit)
-    captions: list[str] = []
-    scaffolds: list[str] = []
+    facts, styles, captions, scaffolds = [], [], [], []
     for m in tqdm(molecules, desc="captions", disable=not progress, leave=False):
-        mol = Chem.MolFromSmiles(m.smiles)
-        rng = random.Random(
-            f"{params.seed}:{m.inchikey}"
-        )  # per molecule: independent of order/subset
-        captions.append(
-            render_caption(
-                compute_facts(mol), rng, max_words=params.max_words, max_groups=params.max_groups
-            )
-        )
+        facts.append(compute_facts(Chem.MolFromSmiles(m.smiles)))
+        # per molecule: independent of order/subset
+        styles.append(CaptionStyle(f"{params.seed}:{m.inchikey}"))
+        captions.append(render(facts[-1], styles[-1], params))
         scaffolds.append(murcko_scaffold(m.smiles))
     t_captions = time.perf_counter()
     split_idx = scaffold_split(scaffolds, fractions=params.split_fractions, seed=params.seed)
@@ -193,15 +189,25 @@ def _build_into(params: DemoParams, paths: DemoPaths, *, progress: bool) -> None
         triplets: list[dict] = []
         sims = np.zeros(0)
         if len(idx) >= 2:
+
+            def rejected_caption(i: int, j: int, idx=idx) -> str:
+                """Molecule j's facts in molecule i's caption style."""
+                return render(facts[idx[j]], styles[idx[i]], params)
+
             neighbour_N, sims = nearest_neighbours(
-                smiles, caps, radius=params.fp_radius, n_bits=params.fp_bits, progress=progress
+                smiles,
+                caps,
+                radius=params.fp_radius,
+                n_bits=params.fp_bits,
+                progress=progress,
+                rejected_caption=rejected_caption,
             )
             for i, j in enumerate(neighbour_N):
                 triplets.append(
                     {
                         "source": smiles[i],
                         "chosen": caps[i],
-                        "rejected": caps[j],
+                        "rejected": rejected_caption(i, int(j)),
                         "direction": DIRECTIONS[0],
                     }
                 )
@@ -267,6 +273,11 @@ def _build_into(params: DemoParams, paths: DemoPaths, *, progress: bool) -> None
         },
     }
     paths.report.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+
+
+def render(facts, style: CaptionStyle, params: DemoParams) -> str:
+    """The caption of ``facts`` in ``style`` with the build's length limits."""
+    return render_caption(facts, style, max_words=params.max_words, max_groups=params.max_groups)
 
 
 def _stats(values: np.ndarray) -> dict[str, float] | None:

@@ -1,11 +1,14 @@
 """Captions in the register of ChEBI / L+M-24 ("The molecule is ...") written from RDKit facts.
 
-``render_caption(facts, rng)`` turns :class:`~almol_jax.data.demo.facts.MoleculeFacts` into 20-60
-words. Each sentence states one fact, in one of several phrasings picked by the caller's seeded
-``random.Random``, so captions are not one fixed template yet are deterministic for a seed. The
-facts that most determine the structure come first (class, formula, rings, groups); optional
-sentences (second class, fused system, named rings, heteroatoms) are dropped first when a caption
-would exceed ``max_words``.
+``render_caption(facts, style)`` turns :class:`~almol_jax.data.demo.facts.MoleculeFacts` into 20-60
+words. Each sentence states one fact, in one of several phrasings picked by a seeded
+:class:`CaptionStyle`, so captions are not one fixed template yet are deterministic for a seed.
+Every decision of a style (which opening, whether to state the heteroatoms, ...) is drawn from its
+own stream, independent of the facts and of the other decisions: rendering two molecules' facts
+with ONE style gives two captions that differ only where the facts differ (the demo's
+smiles2caption rejections, build.py). The facts that most determine the structure come first
+(class, formula, rings, groups); optional sentences (second class, fused system, named rings,
+heteroatoms) are dropped first when a caption would exceed ``max_words``.
 """
 
 from __future__ import annotations
@@ -79,6 +82,24 @@ WEIGHT = (
 )
 
 
+class CaptionStyle:
+    """The phrasing decisions of a caption, each from its own stream seeded by (seed, decision)."""
+
+    def __init__(self, seed: str):
+        self.seed = seed
+
+    def _rng(self, decision: str) -> random.Random:
+        return random.Random(f"{self.seed}:{decision}")
+
+    def choice(self, decision: str, options: tuple[str, ...]) -> str:
+        """One of ``options`` (the same index for every caption of this style)."""
+        return self._rng(decision).choice(options)
+
+    def coin(self, decision: str) -> float:
+        """A uniform [0, 1) draw (the same for every caption of this style)."""
+        return self._rng(decision).random()
+
+
 def number_word(n: int) -> str:
     """``0 -> "no"``, 1..12 as words, larger numbers as digits."""
     if n < 0:
@@ -130,61 +151,72 @@ def group_items(facts: MoleculeFacts, max_items: int) -> list[str]:
     return items[:max_items]
 
 
-def _rings_sentence(facts: MoleculeFacts, rng: random.Random) -> str:
+def _rings_sentence(facts: MoleculeFacts, style: CaptionStyle) -> str:
     """Ring count and aromatic ring count."""
     if facts.num_rings == 0:
-        return rng.choice(ACYCLIC)
+        return style.choice("acyclic", ACYCLIC)
     n, k = facts.num_rings, facts.num_aromatic_rings
     if n == 1:
-        return rng.choice(ONE_RING).format(not_="" if k else "not ", non_="" if k else "non-")
+        return style.choice("one_ring", ONE_RING).format(
+            not_="" if k else "not ", non_="" if k else "non-"
+        )
     k_word = "none" if k == 0 else ("all" if k == n and n > 1 else number_word(k))
-    return rng.choice(RINGS_SOME).format(
+    return style.choice("rings", RINGS_SOME).format(
         n=number_word(n), rings="ring" if n == 1 else "rings", k=k_word
     )
 
 
 def render_caption(
-    facts: MoleculeFacts, rng: random.Random, *, max_words: int = 60, max_groups: int = 4
+    facts: MoleculeFacts, style: CaptionStyle, *, max_words: int = 60, max_groups: int = 4
 ) -> str:
-    """A caption of ``facts``; phrasings and optional sentences are drawn from ``rng``."""
+    """A caption of ``facts``; phrasings and optional sentences are drawn from ``style``."""
     if max_words < 12:
         raise ValueError(f"{max_words=} leaves no room for the formula and ring sentences")
     classes = class_phrases(facts)
     core = [
-        rng.choice(OPENINGS).format(cls=classes[0], formula=facts.formula),
-        _rings_sentence(facts, rng),
+        style.choice("opening", OPENINGS).format(cls=classes[0], formula=facts.formula),
+        _rings_sentence(facts, style),
     ]
     items = group_items(facts, max_groups)
     if items:
-        core.append(rng.choice(GROUPS_SENT).format(items=join_list(items)))
+        core.append(style.choice("groups", GROUPS_SENT).format(items=join_list(items)))
     # Optional sentences, in the order they are dropped when the caption is too long.
     optional: list[tuple[int, str]] = []
-    if facts.heteroatoms and rng.random() < 0.5:
+    if facts.heteroatoms and style.coin("hetero?") < 0.5:
         names = [ELEMENT_NAMES.get(x, x) for x in facts.heteroatoms]
         options = HETERO if len(names) > 1 else (HETERO[0], "Its only heteroatom is {items}.")
-        optional.append((8, rng.choice(options).format(items=join_list(names))))
+        optional.append((8, style.choice("hetero", options).format(items=join_list(names))))
     elif not facts.heteroatoms:
-        optional.append((8, rng.choice(HYDROCARBON)))
-    if facts.named_rings and rng.random() < 0.7:
+        optional.append((8, style.choice("hydrocarbon", HYDROCARBON)))
+    if facts.named_rings and style.coin("named_rings?") < 0.7:
         ring_items = [counted(n, f"{name} ring", f"{name} rings") for name, n in facts.named_rings]
         are = "is" if len(ring_items) == 1 and facts.named_rings[0][1] == 1 else "are"
-        optional.append((5, rng.choice(NAMED_RINGS).format(items=join_list(ring_items), are=are)))
-    if facts.ring_systems and facts.ring_systems[0] > 1 and rng.random() < 0.6:
-        optional.append((4, rng.choice(FUSED).format(n=number_word(facts.ring_systems[0]))))
-    if len(classes) > 1 and rng.random() < 0.5:
-        optional.append((2, rng.choice(ALSO_CLASS).format(cls=classes[1])))
+        optional.append(
+            (
+                5,
+                style.choice("named_rings", NAMED_RINGS).format(
+                    items=join_list(ring_items), are=are
+                ),
+            )
+        )
+    if facts.ring_systems and facts.ring_systems[0] > 1 and style.coin("fused?") < 0.6:
+        optional.append(
+            (4, style.choice("fused", FUSED).format(n=number_word(facts.ring_systems[0])))
+        )
+    if len(classes) > 1 and style.coin("also_class?") < 0.5:
+        optional.append((2, style.choice("also_class", ALSO_CLASS).format(cls=classes[1])))
     tail = []
     if facts.net_charge:
-        tail.append(rng.choice(CHARGE).format(c=f"{facts.net_charge:+d}"))
+        tail.append(style.choice("charge", CHARGE).format(c=f"{facts.net_charge:+d}"))
     if facts.num_stereocentres:
         n = facts.num_stereocentres
-        centres = rng.choice(("stereocentre", "stereogenic centre"))
+        centres = style.choice("centres", ("stereocentre", "stereogenic centre"))
         tail.append(
-            rng.choice(STEREO).format(
+            style.choice("stereo", STEREO).format(
                 n=number_word(n), centres=centres if n == 1 else centres + "s"
             )
         )
-    weight = rng.choice(WEIGHT).format(mw=facts.mol_weight)
+    weight = style.choice("weight", WEIGHT).format(mw=facts.mol_weight)
 
     def assemble() -> list[str]:
         ordered = sorted(optional, key=lambda p: -p[0])  # class, fused, rings, heteroatoms
@@ -196,8 +228,6 @@ def render_caption(
         sentences = assemble()
     while len(items) > 1 and sum(len(s.split()) for s in sentences) > max_words:
         items = items[:-1]
-        core[2] = rng.choice(GROUPS_SENT[2:3]).format(
-            items=join_list(items)
-        )  # "include": a partial list
+        core[2] = GROUPS_SENT[2].format(items=join_list(items))  # "include": a partial list
         sentences = assemble()
     return " ".join(sentences)

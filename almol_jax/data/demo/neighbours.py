@@ -2,12 +2,13 @@
 
 For each molecule the rejected output is its most similar *other* molecule of the same split
 (Morgan radius 2, 2,048 bits; ties broken by the lower index), skipping candidates whose SMILES or
-caption equal the molecule's own, so a rejection never equals its chosen output.
+rejection caption (by default the candidate's own caption) equal the molecule's own, so a
+rejection never equals its chosen output.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from rdkit import Chem, DataStructs
@@ -34,12 +35,19 @@ def nearest_neighbours(
     radius: int = 2,
     n_bits: int = 2048,
     progress: bool = False,
+    rejected_caption: Callable[[int, int], str] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(neighbour_N, similarity_N)``: for each molecule its nearest valid other molecule.
 
-    A candidate is valid when both its SMILES and its caption differ from the molecule's. A
-    molecule with no valid candidate (only possible with fewer than two distinct molecules) raises.
+    A candidate j of molecule i is valid when its SMILES differs from i's and so does the caption
+    that would reject i's: ``rejected_caption(i, j)`` (default: ``captions[j]``). A molecule with
+    no valid candidate (only possible with fewer than two distinct molecules) raises.
     """
+    if rejected_caption is None:
+
+        def rejected_caption(_i: int, j: int) -> str:
+            return captions[j]
+
     if len(smiles) != len(captions):
         raise ValueError(f"{len(smiles)=} != {len(captions)=}")
     if len(smiles) < 2:
@@ -51,7 +59,7 @@ def nearest_neighbours(
         sims = np.asarray(DataStructs.BulkTanimotoSimilarity(fps[i], fps))
         sims[i] = -1.0
         j = int(np.argmax(sims))  # first maximum: ties go to the lower index
-        if smiles[j] != smiles[i] and captions[j] != captions[i]:
+        if smiles[j] != smiles[i] and rejected_caption(i, j) != captions[i]:
             neighbour_N[i], similarity_N[i] = j, sims[j]
             continue
         for j in np.argsort(-sims, kind="stable"):
@@ -59,7 +67,7 @@ def nearest_neighbours(
                 raise ValueError(
                     f"molecule {i} ({smiles[i]!r}) has no neighbour with a different caption"
                 )
-            if smiles[j] != smiles[i] and captions[j] != captions[i]:
+            if smiles[j] != smiles[i] and rejected_caption(i, int(j)) != captions[i]:
                 neighbour_N[i], similarity_N[i] = j, sims[j]
                 break
     return neighbour_N, similarity_N

@@ -1,0 +1,74 @@
+"""RMSNorm and SwiGLU as functions with hand-written backward passes.
+
+Autodiff of `x * rsqrt(mean(x^2) + eps) * w` and of `silu(g) * u` leaves XLA several separate
+elementwise passes (and saved intermediates) per layer; on the CPU those passes cost about as much
+as the layer's matrix products (issue 8). Here each backward is one expression over the saved
+inputs, which XLA fuses into a single pass. The forward values are Hugging Face's LLaMA exactly:
+float32 statistics for the norm, the result cast to the compute dtype before the weight
+multiplies it; SwiGLU in the compute dtype. Backward passes compute in float32.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+
+def _normalise(x_BTD, eps):
+    x = x_BTD.astype(jnp.float32)
+    r_BT1 = jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + eps)
+    return x * r_BT1, r_BT1
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def rms_norm(x_BTD: jax.Array, w_D: jax.Array, eps: float, dtype) -> jax.Array:
+    """HF LlamaRMSNorm: `w * (x / rms(x)).astype(dtype)` with float32 statistics."""
+    xhat_BTD, _ = _normalise(x_BTD, eps)
+    return w_D.astype(dtype) * xhat_BTD.astype(dtype)
+
+
+def _rms_norm_fwd(x_BTD, w_D, eps, dtype):
+    xhat_BTD, r_BT1 = _normalise(x_BTD, eps)
+    y_BTD = w_D.astype(dtype) * xhat_BTD.astype(dtype)
+    return y_BTD, (x_BTD, w_D, r_BT1)
+
+
+def _rms_norm_bwd(eps, dtype, residuals, dy_BTD):
+    del eps, dtype
+    x_BTD, w_D, r_BT1 = residuals
+    f32 = jnp.float32
+    xhat_BTD = x_BTD.astype(f32) * r_BT1
+    dy = dy_BTD.astype(f32)
+    dxhat_BTD = dy * w_D.astype(f32)
+    mean_BT1 = jnp.mean(dxhat_BTD * xhat_BTD, axis=-1, keepdims=True)
+    dx_BTD = r_BT1 * (dxhat_BTD - xhat_BTD * mean_BT1)
+    dw_D = jnp.sum((dy * xhat_BTD).reshape(-1, x_BTD.shape[-1]), axis=0)
+    return dx_BTD.astype(x_BTD.dtype), dw_D.astype(w_D.dtype)
+
+
+rms_norm.defvjp(_rms_norm_fwd, _rms_norm_bwd)
+
+
+@jax.custom_vjp
+def swiglu(g: jax.Array, u: jax.Array) -> jax.Array:
+    """`silu(g) * u` (SiLU = x * sigmoid(x)), in the inputs' dtype."""
+    return jax.nn.silu(g) * u
+
+
+def _swiglu_fwd(g, u):
+    return jax.nn.silu(g) * u, (g, u)
+
+
+def _swiglu_bwd(residuals, dh):
+    g, u = residuals
+    f32 = jnp.float32
+    g32, u32, dh32 = g.astype(f32), u.astype(f32), dh.astype(f32)
+    sig = jax.nn.sigmoid(g32)
+    silu = g32 * sig
+    dg = dh32 * u32 * (sig * (1.0 + g32 * (1.0 - sig)))
+    return dg.astype(g.dtype), (dh32 * silu).astype(u.dtype)
+
+
+swiglu.defvjp(_swiglu_fwd, _swiglu_bwd)
