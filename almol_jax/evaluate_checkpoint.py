@@ -217,16 +217,11 @@ def evaluate_checkpoint(
 
 def _decode_mesh(run_cfg: Any, batch_size: int):
     """The run's mesh for data-parallel decoding, or None when the batch does not split on it."""
-    from almol_jax.sharding import logical_to_spec
+    from almol_jax.sharding import batch_shard_count
     from almol_jax.train.setup import make_run_mesh
 
     mesh = make_run_mesh(run_cfg)
-    first = logical_to_spec(("batch",), run_cfg.mesh.rules)[0]
-    axes = () if first is None else (first,) if isinstance(first, str) else tuple(first)
-    shards = 1
-    for axis in axes:
-        shards *= mesh.shape[axis]
-    return mesh if batch_size % shards == 0 else None
+    return mesh if batch_size % batch_shard_count(mesh, run_cfg.mesh.rules) == 0 else None
 
 
 class _BatchBar:

@@ -125,3 +125,10 @@ def state_shardings(state: nnx.State, mesh: Mesh, rules: Rules | None = None) ->
 def batch_sharding(mesh: Mesh, rules: Rules | None = None, ndim: int = 2) -> NamedSharding:
     """Sharding of a [B, T, ...] activation / batch array: batch by the "batch" rule, rest replicated."""
     return logical_sharding(("batch", "length") + (None,) * (ndim - 2), mesh, rules)
+
+
+def batch_shard_count(mesh: Mesh, rules: Rules | None = None) -> int:
+    """How many pieces the "batch" rule splits a batch axis into on `mesh` (1: not split)."""
+    first = logical_to_spec(("batch",), rules)[0]
+    axes = () if first is None else (first,) if isinstance(first, str) else tuple(first)
+    return int(np.prod([mesh.shape[a] for a in axes]))

@@ -7,7 +7,7 @@ from collections import Counter
 
 import numpy as np
 import pytest
-from train_runs import TINY, overrides
+from train_runs import TINY, assert_hosts_concatenate, overrides
 
 from almol_jax.config import load_config
 from almol_jax.data.batching import BatchIterator
@@ -75,11 +75,7 @@ def test_packed_iterator_serves_the_plain_pairs_and_splits_hosts(tmp_path):
     assert 0.3 < packed.efficiency() <= 1.0
     hosts = [_packed(cfg, examples, tokenizer, host=h, hosts=2) for h in range(2)]
     whole = _packed(cfg, examples, tokenizer)
-    for _ in range(3):
-        parts, full = [next(h) for h in hosts], next(whole)
-        for key in full:
-            assert parts[0][key].shape == parts[1][key].shape, key
-            np.testing.assert_array_equal(np.concatenate([x[key] for x in parts]), full[key])
+    assert_hosts_concatenate(hosts, whole, steps=3)
 
 
 def test_an_example_longer_than_a_row_is_named(tmp_path):

@@ -12,6 +12,7 @@ from train_runs import (
     NO_VALIDATION,
     REPO,
     TINY,
+    assert_hosts_concatenate,
     env_with_devices,
     overrides,
     run_train,
@@ -91,11 +92,7 @@ def test_iterator_serves_the_plain_pairs_resumes_and_splits_hosts(tmp_path):
     # two hosts: equal shapes, and their rows concatenated are the single-host batch
     hosts = [_iterators(cfg, examples, tokenizer, h, 2)[1] for h in range(2)]
     whole = _iterators(cfg, examples, tokenizer)[1]
-    for _ in range(3):
-        parts, full = [next(h) for h in hosts], next(whole)
-        for key in full:
-            assert parts[0][key].shape == parts[1][key].shape, key
-            np.testing.assert_array_equal(np.concatenate([x[key] for x in parts]), full[key])
+    assert_hosts_concatenate(hosts, whole, steps=3)
 
 
 def test_prefix_sharing_resolution_in_config_terms(tmp_path):

@@ -77,3 +77,14 @@ def train_records(run_dir) -> list[dict]:
     path = Path(run_dir) / "metrics.jsonl"
     lines = path.read_text().splitlines() if path.is_file() else []
     return [r for r in map(json.loads, lines) if "loss" in r]
+
+
+def assert_hosts_concatenate(hosts, whole, *, steps: int) -> None:
+    """Per-host iterators give equal shapes, and their rows concatenated are the one-host batch."""
+    import numpy as np
+
+    for _ in range(steps):
+        parts, full = [next(h) for h in hosts], next(whole)
+        for key in full:
+            assert all(p[key].shape == parts[0][key].shape for p in parts), key
+            np.testing.assert_array_equal(np.concatenate([p[key] for p in parts]), full[key])

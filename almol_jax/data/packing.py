@@ -74,15 +74,14 @@ def plan_rows(
     return rows
 
 
-def write_rows(batch, plan: Sequence[Sequence[int]], examples, *, first_row: int = 0) -> list:
-    """Writes the examples of each planned row into `batch` rows first_row, first_row+1, ...
+def write_rows(batch, plan: Sequence[Sequence[int]], examples) -> dict[int, tuple[int, int]]:
+    """Writes the examples of planned row r into `batch` row r (r = 0, 1, ...).
 
     Each example takes the pair slot of its position in its row and one segment per group.
-    Returns where[i] = (row, slot) of every example of the plan (keyed by example index).
+    Returns {example index: (row, slot)} for every example of the plan.
     """
     where = {}
-    for r, members in enumerate(plan):
-        row = first_row + r
+    for row, members in enumerate(plan):
         offset = label_offset = 0
         segment = 1
         for slot, i in enumerate(members):
@@ -168,8 +167,9 @@ class PackedIterator(PlanFollowingIterator):
 
     Every host plans the whole global batch (first-fit decreasing, `plan_rows`), so shapes are
     static per step and equal on every host, then writes only its own contiguous block of rows.
-    Rows: the planned count rounded up to a multiple of `row_multiple` (grad_accum x processes:
-    the rows split evenly into micro-batches and hosts; extra rows are padding, pair_mask 0).
+    Rows: the planned count rounded up to a multiple of `row_multiple` (the loop passes grad_accum
+    x lcm(batch shards, processes): the rows split evenly into micro-batches, devices and hosts;
+    extra rows are padding, pair_mask 0).
     Row length `row_len`; label length: the most labels a planned row holds, rounded up to
     `multiple`. With `responses="chosen"` (SFT) only the chosen responses are written.
     """

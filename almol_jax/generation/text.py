@@ -74,14 +74,6 @@ def plan_batches(lengths: Sequence[int], settings: DecodeSettings) -> list[tuple
     return plan
 
 
-def _batch_axes(sharding) -> set[str]:
-    """Mesh axes that split the batch dimension of a NamedSharding."""
-    first = sharding.spec[0] if len(sharding.spec) else None
-    if first is None:
-        return set()
-    return {first} if isinstance(first, str) else set(first)
-
-
 def strip_output(tokens: np.ndarray, length: int, eos_ids: Sequence[int]) -> list[int]:
     """A row's generated ids without the trailing EOS."""
     row = [int(t) for t in tokens[:length]]
@@ -114,10 +106,10 @@ def generate_token_ids(
     split = split_model(model, adapters=adapters)
     sharding = None
     if mesh is not None:
-        from almol_jax.sharding import batch_sharding
+        from almol_jax.sharding import batch_shard_count, batch_sharding
 
         sharding = batch_sharding(mesh, rules)
-        shards = int(np.prod([mesh.shape[a] for a in _batch_axes(sharding)]))
+        shards = batch_shard_count(mesh, rules)
         if settings.batch_size % shards:
             raise ValueError(
                 f"batch_size={settings.batch_size} is not divisible by the {shards} batch shards "

@@ -29,7 +29,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
 from almol_jax.data.prefix_sharing import is_indexed_batch
-from almol_jax.sharding import logical_sharding, state_shardings
+from almol_jax.sharding import batch_shard_count, logical_sharding, state_shardings
 from almol_jax.train import optimizer as opt_lib
 from almol_jax.train import step as step_lib
 from almol_jax.train.checkpoint import RunCheckpointer
@@ -170,12 +170,9 @@ def run_training(
 
     mesh = make_run_mesh(cfg)
     rules = cfg.mesh.rules
-    batch_spec = logical_sharding(("batch",), mesh, rules).spec[0]
-    batch_axes = (
-        () if batch_spec is None else (batch_spec,) if isinstance(batch_spec, str) else batch_spec
+    data = data_setup.build_data(
+        cfg, run_dir=run_dir, primary=primary, batch_shards=batch_shard_count(mesh, rules)
     )
-    batch_shards = math.prod(mesh.shape[a] for a in batch_axes)
-    data = data_setup.build_data(cfg, run_dir=run_dir, primary=primary, batch_shards=batch_shards)
     total_steps = data.total_steps
     t = cfg.train
     warmup = opt_lib.warmup_steps_for(total_steps, t.warmup_ratio)
