@@ -59,10 +59,13 @@ def run_and_step(path: str | Path) -> tuple[Path, int | None]:
     )
 
 
-def load_for_eval(run_dir_or_step: str | Path, *, adapters: bool, step: str | int = "best"):
+def load_for_eval(
+    run_dir_or_step: str | Path, *, adapters: bool, step: str | int = "best", mesh=None
+):
     """(run_config, model, tokenizer, run_dir, step, use_adapters) for evaluation.
 
     For a full fine-tune with adapters off the model is the run's base, rebuilt from its config.
+    `mesh`: where to place the weights (None: the run's mesh, see restore_for_inference).
     """
     from almol_jax.train.checkpoint import best_step, latest_step, restore_for_inference
 
@@ -78,12 +81,12 @@ def load_for_eval(run_dir_or_step: str | Path, *, adapters: bool, step: str | in
         chosen = int(step)
     if chosen is None:
         raise ValueError(f"run directory {str(run_dir)!r} holds no complete checkpoint")
-    run_cfg, model, tokenizer = restore_for_inference(run_dir, step=chosen)
+    run_cfg, model, tokenizer = restore_for_inference(run_dir, mesh, step=chosen)
     use_adapters = adapters
     if not adapters and not run_cfg.lora.enabled:
         from almol_jax.train.setup import build_run_model
 
-        model = build_run_model(run_cfg)  # the same seeded base, before any training step
+        model = build_run_model(run_cfg, mesh=mesh)  # the same seeded base, before any step
         use_adapters = True
     return run_cfg, model, tokenizer, run_dir, chosen, use_adapters
 
@@ -113,6 +116,9 @@ def evaluate_checkpoint(
     cfg.eval (`eval_options_from_config`; None = cfg.eval as it is), `settings` a `DecodeSettings` (default: from cfg), `key` the
     sampling PRNG key (default: the "sampling" key of cfg.seed; unused by greedy decoding).
     """
+    import jax
+
+    from almol_jax import cpu_devices, host_allocator
     from almol_jax.data.prompts import format_prompt
     from almol_jax.data.report import DataReport
     from almol_jax.data.sources import load_examples
@@ -131,10 +137,13 @@ def evaluate_checkpoint(
         if adapters not in ADAPTER_CHOICES:
             raise ValueError(f"adapters={adapters!r} is not one of {ADAPTER_CHOICES}")
         adapters = adapters == "on"
+    # several CPU devices (runtime.cpu_devices): decode data-parallel, weights replicated
+    dp_mesh = cpu_devices.data_parallel_mesh()
     run_cfg, model, tokenizer, run_dir, chosen, use_adapters = load_for_eval(
-        run_dir_or_step, adapters=adapters, step=step
+        run_dir_or_step, adapters=adapters, step=step, mesh=dp_mesh
     )
     cfg = run_cfg if cfg is None else cfg
+    host_allocator.settle(cfg.runtime.host_allocator, jax.default_backend())
     limit = cfg.eval.limit if limit is None else limit
     if limit is not None and limit < 1:
         raise ValueError(f"limit={limit} must be >= 1 (or None for all rows)")
@@ -147,7 +156,7 @@ def evaluate_checkpoint(
         Path(output_dir) if output_dir else default_output_dir(run_dir, chosen, split, adapters)
     )
 
-    mesh = _decode_mesh(run_cfg, settings.batch_size)
+    mesh = _decode_mesh(run_cfg, settings.batch_size) if dp_mesh is None else dp_mesh
     report = DataReport()
     examples = load_examples(cfg.data, split, report)
     if not examples:
@@ -204,6 +213,7 @@ def evaluate_checkpoint(
                 "method": settings.method,
                 "max_new_tokens": settings.max_new_tokens,
                 "seconds": gen_seconds,
+                "mesh": None if mesh is None else dict(mesh.shape),
             },
             "scoring_seconds": time.perf_counter() - start,
         }
@@ -298,10 +308,18 @@ def run_checkpoint_cli(args: argparse.Namespace, options: Any) -> dict:
 
     `options`: an EvalOptions, or a dict of overrides of the config's eval section.
     """
+    from almol_jax import cpu_devices, host_allocator
     from almol_jax.config import load_config
     from almol_jax.eval.report import format_table
 
     cfg = load_config(args.config, args.set) if args.config else None
+    if cfg is None:  # the run's own config, read before JAX starts
+        run_dir, _ = run_and_step(args.checkpoint)
+        runtime = load_config(str(run_dir / "config.yaml")).runtime
+    else:
+        runtime = cfg.runtime
+    host_allocator.configure(runtime.host_allocator)
+    cpu_devices.configure(runtime.cpu_devices)
     step: str | int = args.step if args.step in ("best", "latest") else int(args.step)
     results = evaluate_checkpoint(
         cfg,

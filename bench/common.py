@@ -9,7 +9,9 @@ FLOP convention (documented once here, used for every "model FLOPs" figure):
 - attention counts only the (query, key) pairs a query may attend (causal, same segment,
   prefix rule), i.e. the useful work, not a dense T x S square;
 - forward: every projection, LoRA A/B products, attention QK^T and PV, and the lm_head at the
-  positions where logits are computed (all positions for TRL, response positions for ours);
+  positions where logits are computed (all positions for TRL, response positions for ours); ours
+  runs its last layer's queries, attention output and MLP at the label positions only, and is
+  counted so;
 - backward with a frozen base (LoRA): input gradients through every frozen matmul (1x forward)
   except the first layer's input-side projections (their input, the embedding, needs no
   gradient), attention backward (2x forward: dQ, dK, dV, dP), LoRA weight and input
@@ -113,32 +115,50 @@ def processed_tokens(s: BenchShape, layout: str) -> int:
     raise ValueError(f"unknown {layout=}; expected 'plain' or 'prefix_shared'")
 
 
-def train_step_flops(s: BenchShape, layout: str, *, response_only_logits: bool) -> dict[str, int]:
+def label_query_pairs(s: BenchShape) -> int:
+    """(query, key) pairs of the label positions only (prefix-shared rows): the hidden state
+    before each response token, i.e. the prompt's last token and all but the last token of the
+    response, each seeing the prompt and its response so far."""
+    p, c, r = s.prompt_len, s.chosen_len, s.rejected_len
+    return s.pairs * (c * p + c * (c - 1) // 2 + r * p + r * (r - 1) // 2)
+
+
+def train_step_flops(
+    s: BenchShape, layout: str, *, response_only_logits: bool, label_queries_last: bool = False
+) -> dict[str, int]:
     """Model matmul FLOPs of one CPO train step (see the module docstring for the convention).
 
     Returns {"forward", "backward", "total"}. `response_only_logits` counts the lm_head only at
-    the label positions (chosen + rejected tokens) instead of at every processed position.
+    the label positions (chosen + rejected tokens) instead of at every processed position;
+    `label_queries_last` (ours, prefix-shared) counts the last layer's q/o/MLP projections and
+    its attention at the label positions only (k and v still at every position).
     """
     tokens = processed_tokens(s, layout)
+    labels = s.pairs * (s.chosen_len + s.rejected_len)
     lin = _linear_dims(s)
-    base_fwd_tok = sum(2 * i * o for i, o in lin)  # per token per layer
-    lora_fwd_tok = sum(2 * (i * s.lora_r + s.lora_r * o) for i, o in lin) if s.lora_r else 0
-    # layer-0 input-side projections (q, k, v, gate, up) need no input gradient
     names = ("q", "k", "v", "o", "gate", "up", "down")
-    first_in_side = sum(
-        2 * i * o
-        for (i, o), n in zip(lin, names, strict=True)
-        if n in ("q", "k", "v", "gate", "up")
-    )
-    attn_fwd = 2 * 2 * s.num_heads * s.head_dim * attended_pairs(s, layout)  # QK^T and PV
-    logit_positions = s.pairs * (s.chosen_len + s.rejected_len) if response_only_logits else tokens
-    head_fwd = 2 * s.hidden_size * s.vocab_size * logit_positions
+    in_side = ("q", "k", "v", "gate", "up")  # layer 0's need no input gradient (embedding input)
+    r = s.lora_r
 
-    fwd = s.num_layers * (tokens * (base_fwd_tok + lora_fwd_tok) + attn_fwd) + head_fwd
-    bwd_input = s.num_layers * tokens * base_fwd_tok - tokens * first_in_side
-    bwd = bwd_input + s.num_layers * (2 * tokens * lora_fwd_tok + 2 * attn_fwd) + head_fwd
-    if not s.lora_r:  # full fine-tuning: weight gradients of every kernel and the head
-        bwd += s.num_layers * tokens * base_fwd_tok + head_fwd
+    def layer(index: int) -> tuple[int, int]:
+        last = label_queries_last and index == s.num_layers - 1
+        fwd = bwd = 0
+        for (i, o), name in zip(lin, names, strict=True):
+            rows = labels if last and name not in ("k", "v") else tokens
+            base, lora = 2 * i * o * rows, (2 * (i * r + r * o) * rows if r else 0)
+            fwd += base + lora
+            bwd += (0 if index == 0 and name in in_side else base) + 2 * lora
+            if not r:  # full fine-tuning: weight gradients of every kernel
+                bwd += base
+        pairs = label_query_pairs(s) if last else attended_pairs(s, layout)
+        attn = 2 * 2 * s.num_heads * s.head_dim * pairs  # QK^T and PV; backward 2x
+        return fwd + attn, bwd + 2 * attn
+
+    per_layer = [layer(i) for i in range(s.num_layers)]
+    logit_positions = labels if response_only_logits else tokens
+    head_fwd = 2 * s.hidden_size * s.vocab_size * logit_positions
+    fwd = sum(f for f, _ in per_layer) + head_fwd
+    bwd = sum(b for _, b in per_layer) + head_fwd + (0 if r else head_fwd)
     return {"forward": fwd, "backward": bwd, "total": fwd + bwd}
 
 

@@ -283,6 +283,10 @@ def worker_main(system: str, shape_name: str, seed: int, layout: str) -> None:
     """Line protocol: reads commands ("steps N", "peak", "memory", "quit"), answers JSON lines."""
     if os.environ.get(CPUS_ENV):  # before jax/torch start their thread pools
         os.sched_setaffinity(0, {int(c) for c in os.environ[CPUS_ENV].split(",")})
+    from almol_jax.host_allocator import configure
+
+    # the same malloc setting in every worker (TRL's too), before jax/torch allocate anything
+    configure(os.environ.get(ALLOCATOR_ENV, "keep"))
     shape = get_shape(shape_name)
     if system == "peak":  # measures only the matmul peak (its own process: no thread sharing)
         sys_obj = None
@@ -308,6 +312,7 @@ def worker_main(system: str, shape_name: str, seed: int, layout: str) -> None:
 
 
 CPUS_ENV = "ALMOL_BENCH_CPUS"
+ALLOCATOR_ENV = "ALMOL_BENCH_HOST_ALLOCATOR"
 
 
 def pinned_cpus(n: int) -> list[int]:
@@ -331,6 +336,7 @@ class Worker:
             # not make the thunk runtime single-threaded)
             env["OMP_NUM_THREADS"] = env["ALMOL_BENCH_TORCH_THREADS"] = str(args.threads)
             env[CPUS_ENV] = ",".join(str(c) for c in pinned_cpus(args.threads))
+        env[ALLOCATOR_ENV] = args.host_allocator
         env.setdefault("TOKENIZERS_PARALLELISM", "false")
         env.setdefault("HF_HUB_OFFLINE", "1")
         self.proc = subprocess.Popen(
@@ -368,7 +374,13 @@ def figures(
 ):
     """The reported figures of one system from its per-step times."""
     s_per_step = median(times)
-    flops = train_step_flops(shape, layout, response_only_logits=(system == "ours"))["total"]
+    ours = system == "ours"
+    flops = train_step_flops(
+        shape,
+        layout,
+        response_only_logits=ours,
+        label_queries_last=ours and layout == "prefix_shared",
+    )["total"]
     return {
         "system": system,
         "layout": layout,
@@ -403,6 +415,13 @@ def main() -> None:
         default=0,
         help="threads per system (0: library defaults; N: torch N threads, each worker pinned to N CPUs)",
     )
+    parser.add_argument(
+        "--host-allocator",
+        choices=["keep", "system"],
+        default="keep",
+        help="glibc malloc in every worker, TRL's included (almol_jax/host_allocator.py): keep "
+        "= reuse freed buffers (what train.py does on the CPU backend), system = glibc defaults",
+    )
     parser.add_argument("--json", default=None, help="also write all figures to this JSON file")
     parser.add_argument("--worker", choices=["trl", "ours", "peak"], help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -420,6 +439,7 @@ def main() -> None:
     print(f"machine: {machine_description()}")
     print(f"shape: {shape}")
     print(f"threads per system: {args.threads or 'library default'}")
+    print(f"host allocator (every worker): {args.host_allocator}")
     workers = {name: Worker(name, args) for name in systems}
     peak_worker = Worker("peak", args)
     try:
@@ -449,6 +469,7 @@ def main() -> None:
         "machine": machine_description(),
         "shape": args.shape,
         "threads": args.threads,
+        "host_allocator": args.host_allocator,
         "matmul_peak": peak,
         **results,
     }

@@ -115,6 +115,36 @@ def test_eval_cli_on_checkpoint_matches_prediction_file_mode(tiny_run, tmp_path,
     assert set(summary) == {"smiles2caption", "caption2smiles"}
 
 
+def test_two_cpu_devices_decode_data_parallel_with_the_same_outputs(tiny_run, tmp_path):
+    """runtime.cpu_devices=2 in a fresh eval.py process: prompts split over two CPU devices
+    (mesh data=2, weights replicated), predictions identical to the one-device run."""
+    import subprocess
+
+    _, run_dir = tiny_run
+    common = ["--config", str(REPO / "configs" / "tiny.yaml"), "--checkpoint", str(run_dir)]
+    common += [f"--set={o}" for o in _overrides(run_dir)]
+    common += ["--limit", str(LIMIT), "--directions", "smiles2caption", *SCORING]
+    outs = {}
+    for devices in (1, 2):
+        outs[devices] = tmp_path / f"dev{devices}"
+        args = [*common, f"--set=runtime.cpu_devices={devices}", "--output-dir", str(outs[devices])]
+        subprocess.run(
+            [sys.executable, str(REPO / "eval.py"), *args],
+            check=True,
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+        )
+    meshes = {
+        d: json.loads((outs[d] / "smiles2caption" / "metrics.json").read_text())["generation"]
+        for d in outs
+    }
+    assert meshes[2]["mesh"] == {"data": 2, "fsdp": 1, "tensor": 1}, meshes
+    assert meshes[1]["mesh"] != meshes[2]["mesh"]
+    rows = {d: _read_tsv(outs[d] / "smiles2caption" / "predictions.tsv") for d in outs}
+    assert len(rows[1]) == LIMIT + 1 and rows[2] == rows[1]
+
+
 def test_evaluate_checkpoint_adapters_off_is_the_base_model(tiny_run, tmp_path):
     from almol_jax.data.prompts import format_prompt
     from almol_jax.eval import EvalOptions

@@ -120,6 +120,54 @@ def test_extra_mask_acts_like_key_padding(model):
     assert np.abs(forward(model, ids, mask, mask_BTS=blocked)[0, 1:] - ref[0, 1:]).max() > 1e-3
 
 
+@pytest.mark.parametrize("remat", ["none", "full"])
+def test_output_index_equals_gathered_full_forward(remat):
+    """Last layer queried at some rows only: values and LoRA gradients equal the full forward's
+    hidden states gathered at those rows (segments, padding and repeated indices included)."""
+    from almol_jax.model.lora import LoraConfig, LoRAParam
+
+    ids, mask = _batch(9, b=3, t=8)
+    seg = np.array([[1] * 4 + [2] * 4] * 3, np.int32)
+    pos = np.maximum(np.cumsum(mask, -1) - 1, 0).astype(np.int32)
+    index = np.array([[0, 3, 4, 7, 7], [5, 6, 7, 2, 3], [6, 7, 5, 0, 1]], np.int32)
+    m = build_model(CFG.replace(remat=remat), lora=LoraConfig(r=4, alpha=8.0), rngs=3)
+    graphdef, lora, rest = nnx.split(m, LoRAParam, ...)
+    lora = jax.tree.map(lambda x: x + 0.05, lora)  # B is zero at init: make adapters matter
+    weights = jnp.asarray(np.random.default_rng(0).normal(size=(3, 5, CFG.hidden_size)))
+
+    def hidden(lora, output_index):
+        model = nnx.merge(graphdef, lora, rest)
+        h = model.hidden_states(
+            ids, mask, positions_BT=pos, segment_ids_BT=seg, output_index_BL=output_index
+        )
+        return h if output_index is not None else jnp.take_along_axis(h, index[..., None], 1)
+
+    def loss(lora, output_index):
+        return jnp.sum(hidden(lora, output_index) * weights)
+
+    sub, full = hidden(lora, index), hidden(lora, None)
+    assert sub.shape == (3, 5, CFG.hidden_size)
+    np.testing.assert_allclose(sub, full, rtol=0, atol=2e-6)
+    g_sub = jax.grad(loss)(lora, index)
+    g_full = jax.grad(loss)(lora, None)
+    for a, b in zip(jax.tree.leaves(g_full), jax.tree.leaves(g_sub), strict=True):
+        # float32 sums in another order: within 1e-5 of each gradient's own scale
+        np.testing.assert_allclose(b, a, rtol=0, atol=1e-5 * float(np.abs(a).max()))
+
+
+def test_output_index_with_cache_keeps_every_key(model):
+    """A prefill queried at the last row only: same hidden state and same cache as in full."""
+    ids, mask = _batch(10)
+    last = np.full((3, 1), ids.shape[1] - 1, np.int32)
+    h_full, c_full = model.hidden_states(ids, mask, cache=init_cache(CFG, 3, 8, jnp.float32))
+    h_last, c_last = model.hidden_states(
+        ids, mask, cache=init_cache(CFG, 3, 8, jnp.float32), output_index_BL=last
+    )
+    np.testing.assert_allclose(h_last[:, 0], h_full[:, -1], rtol=0, atol=2e-6)
+    for a, b in zip(jax.tree.leaves(c_full), jax.tree.leaves(c_last), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_remat_same_values_and_grads():
     ids, mask = _batch(6)
     m0 = build_model(CFG, rngs=2)

@@ -319,6 +319,24 @@ class LoggingSection:
 
 
 @dataclass(frozen=True)
+class RuntimeSection:
+    """Process settings applied by the entry points (train.py, eval.py) before JAX starts."""
+
+    host_allocator: Literal["auto", "keep", "system"] = _f(
+        "auto",
+        "glibc malloc: keep = reuse freed host buffers (no per-step page faults on the CPU "
+        "backend; the process keeps its peak memory), system = leave malloc alone, auto = keep "
+        "on the CPU backend only (almol_jax/host_allocator.py).",
+    )
+    cpu_devices: int = _f(
+        1,
+        "XLA CPU devices in the process (0 = one per usable CPU). More than one: eval.py "
+        "--checkpoint decodes data-parallel across them on the CPU backend, weights replicated "
+        "(almol_jax/cpu_devices.py); training shards over them as mesh says (slower on the CPU).",
+    )
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """One training/evaluation run."""
 
@@ -336,6 +354,9 @@ class RunConfig:
     generation: GenerationSection = _section(GenerationSection, "Decoding.")
     export: ExportSection = _section(ExportSection, "HF export.")
     logging: LoggingSection = _section(LoggingSection, "Metric sinks.")
+    runtime: RuntimeSection = _section(
+        RuntimeSection, "Process settings (host memory, CPU devices)."
+    )
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any] | None) -> RunConfig:
@@ -479,6 +500,10 @@ def validate(cfg: RunConfig) -> None:
     )
     if ob.name == "dpo":
         _check(lo.enabled, "objective.name='dpo' needs lora.enabled=true (ref = adapters off)")
+    _check(
+        cfg.runtime.cpu_devices >= 0,
+        f"runtime.cpu_devices={cfg.runtime.cpu_devices} must be >= 0 (0 = one per CPU)",
+    )
     _check(d.max_length >= 4, f"data.max_length={d.max_length} must be >= 4")
     _check(
         1 <= d.max_prompt_length < d.max_length,

@@ -59,20 +59,22 @@ def prefill(model, input_ids_BP, attention_mask_BP, max_length: int):
     """Runs the prompt through the model into a fresh cache of `max_length` slots.
 
     The prompt attends only to itself (a cache of exactly P slots, padded to `max_length`
-    afterwards), and logits are computed at the last position only.
+    afterwards); the last layer's queries, its MLP and the logits are computed at the last
+    position only.
     Returns (last-position logits `[B, V]`, cache, prompt lengths `[B]`).
     """
     from almol_jax.model.kv_cache import init_cache
 
     batch, prompt_len = input_ids_BP.shape
     cache = init_cache(model.config, batch, prompt_len, jnp.dtype(model.config.dtype))
-    h_BPD, cache = model.hidden_states(
+    h_B1D, cache = model.hidden_states(
         input_ids_BP,
         attention_mask_BP,
         positions_BT=prompt_positions(attention_mask_BP),
         cache=cache,
+        output_index_BL=jnp.full((batch, 1), prompt_len - 1, jnp.int32),
     )
-    logits_BV = model.lm_head_logits(h_BPD[:, -1, :])[:, : model.config.vocab_size]
+    logits_BV = model.lm_head_logits(h_B1D[:, 0, :])[:, : model.config.vocab_size]
     cache = pad_cache(cache, max_length)
     lengths_B = jnp.sum(attention_mask_BP.astype(jnp.int32), axis=-1)
     return logits_BV.astype(jnp.float32), cache, lengths_B
@@ -113,10 +115,33 @@ def first_eos_lengths(tokens_BN: jax.Array, eos_ids: tuple[int, ...]) -> jax.Arr
     )
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "settings", "eos_ids", "pad_id"))
-def _decode_jit(
-    graphdef, states, input_ids_BP, attention_mask_BP, key, *, settings, eos_ids, pad_id
-):
+# XLA:CPU compiles the decode program with its YNNPACK fusions off: the loop's one-row-per-prompt
+# products and small reductions ran ~10% faster through XLA's own kernels (bench/generate.py,
+# docs/benchmarks.md), whereas the training step's large products are faster with YNNPACK.
+CPU_DECODE_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
+_STATIC = ("graphdef", "settings", "eos_ids", "pad_id")
+
+
+@functools.cache
+def _cpu_options_supported() -> bool:
+    """Whether this jaxlib's CPU compiler knows CPU_DECODE_COMPILER_OPTIONS (they are
+    experimental flags: a newer jaxlib may rename them, and then decoding runs without)."""
+    try:
+        probe = jax.jit(lambda x: x + 1, compiler_options=CPU_DECODE_COMPILER_OPTIONS)
+        probe.lower(jnp.zeros((), jnp.int32)).compile()
+    except Exception:  # noqa: BLE001 - any rejection of the options means "unsupported"
+        return False
+    return True
+
+
+def _decode_program():
+    """The jitted decoder for the default backend (CPU: with its compiler options)."""
+    if jax.default_backend() == "cpu" and _cpu_options_supported():
+        return _decode_jit_cpu
+    return _decode_jit
+
+
+def _decode(graphdef, states, input_ids_BP, attention_mask_BP, key, *, settings, eos_ids, pad_id):
     model = nnx.merge(graphdef, *states)
     batch, prompt_len = input_ids_BP.shape
     max_new = settings.max_new_tokens
@@ -144,6 +169,12 @@ def _decode_jit(
     carry = (jnp.int32(0), tokens_BN, done_B, cache, logits_BV)
     _, tokens_BN, _, _, _ = jax.lax.while_loop(cond, body, carry)
     return tokens_BN, first_eos_lengths(tokens_BN, eos_ids)
+
+
+_decode_jit = jax.jit(_decode, static_argnames=_STATIC)
+_decode_jit_cpu = jax.jit(
+    _decode, static_argnames=_STATIC, compiler_options=CPU_DECODE_COMPILER_OPTIONS
+)
 
 
 def decode_tokens(
@@ -187,7 +218,7 @@ def decode_tokens(
     if input_ids_BP.shape != attention_mask_BP.shape:
         raise ValueError(f"{input_ids_BP.shape=} != {attention_mask_BP.shape=}")
     graphdef, states = split if split is not None else split_model(model, adapters=adapters)
-    tokens_BN, lengths_B = _decode_jit(
+    tokens_BN, lengths_B = _decode_program()(
         graphdef,
         states,
         input_ids_BP,

@@ -40,6 +40,12 @@ def build_mask(
     return allowed_BTS
 
 
+def take_rows(x_BT_: jax.Array, index_BL: jax.Array) -> jax.Array:
+    """x[b, index[b, l], ...] -> [B, L, ...] (rows of each batch element, any trailing dims)."""
+    index = index_BL.reshape(index_BL.shape + (1,) * (x_BT_.ndim - 2))
+    return jnp.take_along_axis(x_BT_, index, axis=1)
+
+
 class Attention(nnx.Module):
     """LLaMA attention with q/k/v/o projections (optionally biased, optionally LoRA-adapted)."""
 
@@ -72,13 +78,25 @@ class Attention(nnx.Module):
         mask_BTS: jax.Array,
         kv_BKSH: tuple[jax.Array, jax.Array] | None = None,
         end_index: jax.Array | None = None,
+        query_index_BL: jax.Array | None = None,
     ):
         """Returns (out_BTD, kv): kv is this layer's cache (k_BKSH, v_BKSH) with the T new
         keys/values written at [:, :, end_index] (an in-place update inside a compiled decode
-        loop), or None without a cache."""
+        loop), or None without a cache.
+
+        With `query_index_BL` only the rows at those indices query: keys and values come from
+        (and are cached for) all T rows, the output is [B, L, D] (the last layer of a training
+        step or a prefill, whose other rows' outputs nothing reads)."""
         b, t, _ = x_BTD.shape
-        q_BTO, k_BTO, v_BTO = project((self.q_proj, self.k_proj, self.v_proj), x_BTD)
-        q_BTNH = apply_rope(q_BTO.reshape(b, t, self.num_heads, self.head_dim), rope)
+        if query_index_BL is None:
+            q_BTO, k_BTO, v_BTO = project((self.q_proj, self.k_proj, self.v_proj), x_BTD)
+            rope_q = rope
+        else:
+            k_BTO, v_BTO = project((self.k_proj, self.v_proj), x_BTD)
+            q_BTO = self.q_proj(take_rows(x_BTD, query_index_BL))
+            rope_q = tuple(take_rows(table, query_index_BL) for table in rope)
+            mask_BTS = take_rows(mask_BTS, query_index_BL)
+        q_BTNH = apply_rope(q_BTO.reshape(b, -1, self.num_heads, self.head_dim), rope_q)
         k_BTKH = apply_rope(k_BTO.reshape(b, t, self.num_kv_heads, self.head_dim), rope)
         v_BTKH = v_BTO.reshape(b, t, self.num_kv_heads, self.head_dim)
         if kv_BKSH is not None:
@@ -104,5 +122,5 @@ class Attention(nnx.Module):
         # a query with no visible key (padding) gets zeros, not a uniform mix of hidden keys
         has_key_BT11 = jnp.any(mask_BTS, axis=-1)[:, :, None, None]
         out_BTNH = jnp.where(has_key_BT11, out_BTNH, jnp.zeros_like(out_BTNH))
-        out_BTD = self.o_proj(out_BTNH.reshape(b, t, self.num_heads * self.head_dim))
+        out_BTD = self.o_proj(out_BTNH.reshape(b, -1, self.num_heads * self.head_dim))
         return out_BTD, kv_BKSH

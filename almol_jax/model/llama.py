@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from almol_jax.model.attention import Attention, build_mask
+from almol_jax.model.attention import Attention, build_mask, take_rows
 from almol_jax.model.config import ModelConfig
 from almol_jax.model.elementwise import rms_norm, swiglu
 from almol_jax.model.kv_cache import KVCache
@@ -92,17 +92,20 @@ class Block(nnx.Module):
         self.post_attention_layernorm = RMSNorm(config, rngs=rngs)
         self.mlp = MLP(config, lora=lora, rngs=rngs)
 
-    def __call__(self, x_BTD, rope, mask_BTS, kv_BKSH=None, end_index=None):
+    def __call__(self, x_BTD, rope, mask_BTS, kv_BKSH=None, end_index=None, query_index_BL=None):
+        """[B, T, D] -> [B, T, D], or [B, L, D]: the rows at `query_index_BL` (see Attention)."""
         attn_BTD, kv_BKSH = self.self_attn(
-            self.input_layernorm(x_BTD), rope, mask_BTS, kv_BKSH, end_index
+            self.input_layernorm(x_BTD), rope, mask_BTS, kv_BKSH, end_index, query_index_BL
         )
+        if query_index_BL is not None:
+            x_BTD = take_rows(x_BTD, query_index_BL)
         x_BTD = x_BTD + attn_BTD
         x_BTD = x_BTD + self.mlp(self.post_attention_layernorm(x_BTD))
         return x_BTD, kv_BKSH
 
 
-def _run_block(block, x_BTD, rope, mask_BTS, kv_BKSH, end_index):
-    return block(x_BTD, rope, mask_BTS, kv_BKSH, end_index)
+def _run_block(block, x_BTD, rope, mask_BTS, kv_BKSH, end_index, query_index_BL=None):
+    return block(x_BTD, rope, mask_BTS, kv_BKSH, end_index, query_index_BL)
 
 
 class LlamaModel(nnx.Module):
@@ -148,8 +151,15 @@ class LlamaForCausalLM(nnx.Module):
         segment_ids_BT: jax.Array | None = None,
         mask_BTS: jax.Array | None = None,
         cache: KVCache | None = None,
+        output_index_BL: jax.Array | None = None,
     ):
-        """Final-normed hidden states [B, T, D] (and the new cache when `cache` is given)."""
+        """Final-normed hidden states [B, T, D] (and the new cache when `cache` is given).
+
+        With `output_index_BL` they are returned at those row indices only, [B, L, D] (= the
+        full result gathered there), and the last layer computes queries, attention outputs and
+        its MLP at those rows only (its other rows feed only its keys and values, which are
+        cached as usual).
+        """
         b, t = input_ids_BT.shape
         if attention_mask_BT is None:
             attention_mask_BT = jnp.ones((b, t), jnp.int32)
@@ -194,9 +204,13 @@ class LlamaForCausalLM(nnx.Module):
         rope = rope_tables(positions_BT, inv_frequencies(self.config), num_positions)
         x_BTD = self.model.embed_tokens(input_ids_BT)
         new_k, new_v = [], []
+        last = len(self.model.layers) - 1
         for i, block in enumerate(self.model.layers):
             kv_BKSH = None if cache is None else (cache.k[i], cache.v[i])
-            x_BTD, kv_BKSH = run(block, x_BTD, rope, allowed_BTS, kv_BKSH, end_index)
+            query_index_BL = output_index_BL if i == last else None
+            x_BTD, kv_BKSH = run(
+                block, x_BTD, rope, allowed_BTS, kv_BKSH, end_index, query_index_BL
+            )
             if cache is not None:
                 new_k.append(kv_BKSH[0])
                 new_v.append(kv_BKSH[1])

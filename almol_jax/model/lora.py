@@ -68,6 +68,31 @@ class LoraConfig:
         return module_name in self.target_modules
 
 
+@jax.custom_vjp
+def adapter_down(x_NI: jax.Array, a_IR: jax.Array) -> jax.Array:
+    """x @ A for rows x [N, I] and an adapter A [I, R], with a hand-written backward.
+
+    Autodiff's dA = x^T g is a product whose [I, R] result has R (the rank) as its minor
+    dimension; XLA:CPU runs that contraction over N at ~45 GFLOP/s. dA^T = g^T x [R, I] is the
+    same numbers computed at ~130 GFLOP/s, and its [R, I] -> [I, R] transpose is small (the
+    optimization barrier keeps XLA from folding the transpose back into the product).
+    """
+    return x_NI @ a_IR
+
+
+def _adapter_down_fwd(x_NI, a_IR):
+    return x_NI @ a_IR, (x_NI, a_IR)
+
+
+def _adapter_down_bwd(residuals, g_NR):
+    x_NI, a_IR = residuals
+    da_RI = jax.lax.dot_general(g_NR, x_NI, (((0,), (0,)), ((), ())))
+    return g_NR @ a_IR.T, jax.lax.optimization_barrier(da_RI).T
+
+
+adapter_down.defvjp(_adapter_down_fwd, _adapter_down_bwd)
+
+
 class Linear(nnx.Module):
     """y = x @ kernel (+ bias) (+ LoRA); kernel [in, out] with logical axis names."""
 
@@ -129,7 +154,7 @@ class Linear(nnx.Module):
             b_RO = self.lora_b[...].astype(self.dtype)
             # on 2-D rows: XLA's CPU backward of the 3-D product is ~4x slower (issue 8)
             x_NI = x_in.reshape(-1, x_in.shape[-1])
-            lora_NO = (x_NI @ a_IR) @ b_RO
+            lora_NO = adapter_down(x_NI, a_IR) @ b_RO
             y_BTO = y_BTO + self.lora_scale * lora_NO.reshape(y_BTO.shape)
         if self.bias is not None:
             y_BTO = y_BTO + self.bias[...].astype(self.dtype)
@@ -155,7 +180,7 @@ def project(linears: tuple[Linear, ...], x_BTI: jax.Array) -> list[jax.Array]:
     dtype = linears[0].dtype
     a_IR = jnp.concatenate([m.lora_a[...].astype(dtype) for m in linears], axis=1)
     x_NI = x_BTI.reshape(-1, x_BTI.shape[-1])
-    xa_NR = x_NI @ a_IR
+    xa_NR = adapter_down(x_NI, a_IR)
     outs, start = [], 0
     for m in linears:
         r = m.lora_a.shape[1]

@@ -108,14 +108,14 @@ def label_logprobs(
 
 def indexed_response_logprobs(model, batch, *, vocab_chunk: int = DEFAULT_VOCAB_CHUNK):
     """(logps_sum[2P], ntok[2P], nll_sum, nll_count) of an indexed (prefix-shared/packed) batch."""
-    h_BTD = model.hidden_states(
+    h_BLD = model.hidden_states(
         batch["input_ids"],
         batch["attention_mask"],
         positions_BT=batch["positions"],
         segment_ids_BT=batch["segment_ids"],
         mask_BTS=role_mask_BTS(batch["role_ids"]),
+        output_index_BL=batch["label_src"],  # the last layer works at label positions only
     )
-    h_BLD = jnp.take_along_axis(h_BTD, batch["label_src"][..., None], axis=1)
     logp_BL = label_logprobs(
         h_BLD,
         lm_head_weight(model),

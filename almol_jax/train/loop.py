@@ -155,12 +155,14 @@ def run_training(
     data.prefix_sharing resolves on (train/data_setup.py). `stop` lets a caller request a clean stop
     (checkpoint, then return) like SIGTERM does.
     """
+    from almol_jax import host_allocator
     from almol_jax.config import dump_config
     from almol_jax.train import data_setup
     from almol_jax.train.distributed import maybe_initialize
     from almol_jax.train.setup import build_run_model, make_run_mesh
 
     maybe_initialize(cfg.mesh)
+    host_allocator.settle(cfg.runtime.host_allocator, jax.default_backend())
     num_processes = jax.process_count()
     primary = jax.process_index() == 0
     run_dir = Path(cfg.output_dir).absolute()
