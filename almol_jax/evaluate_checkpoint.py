@@ -143,7 +143,8 @@ def evaluate_checkpoint(
         run_dir_or_step, adapters=adapters, step=step, mesh=dp_mesh
     )
     cfg = run_cfg if cfg is None else cfg
-    host_allocator.settle(cfg.runtime.host_allocator, jax.default_backend())
+    if cfg.runtime.host_allocator == "keep":  # "auto" left malloc alone for evaluation
+        host_allocator.settle("keep", jax.default_backend())
     limit = cfg.eval.limit if limit is None else limit
     if limit is not None and limit < 1:
         raise ValueError(f"limit={limit} must be >= 1 (or None for all rows)")
@@ -318,7 +319,7 @@ def run_checkpoint_cli(args: argparse.Namespace, options: Any) -> dict:
         runtime = load_config(str(run_dir / "config.yaml")).runtime
     else:
         runtime = cfg.runtime
-    host_allocator.configure(runtime.host_allocator)
+    host_allocator.configure(runtime.host_allocator, training=False)
     cpu_devices.configure(runtime.cpu_devices)
     step: str | int = args.step if args.step in ("best", "latest") else int(args.step)
     results = evaluate_checkpoint(

@@ -6,15 +6,20 @@ step faults its whole working set in again, one zeroed 4 KiB page at a time: the
 step (bench/train_step.py) took 79,000 minor faults (310 MB) and 0.11 CPU-s of kernel time per
 0.27 s step. :func:`keep_freed_memory` makes malloc serve every request from its heap (no mmap),
 never trim that heap and use one arena, so a step reuses the pages the previous step freed
-(0 faults, ~15% less wall time on that step; docs/benchmarks.md).
+(0 faults in most runs, ~15-20% less wall time on that step; docs/benchmarks.md). Measured on
+the 2-core machine here: with two or four arenas the faults came back in some processes (the
+bench's workers); one arena makes XLA's multi-threaded compilation contend on its lock, so a
+compile-bound workload (eval.py's decoding: a program per prompt bucket, short outputs) took
+4.5 s instead of 3.1 s. Hence `auto` keeps freed memory for training only.
 
 The process then keeps its peak host memory until it exits, which is what a training process on
 the CPU backend wants and what an accelerator host, whose parameters pass through host memory
 once at load time, does not: ``runtime.host_allocator: auto`` (the default) applies it before the
-backend starts and :func:`settle` restores glibc's defaults once the backend turns out not to be
-the CPU. Threads started before the call keep their own arenas, so it must run before JAX starts
-its thread pools (the CLI entry points call it first; a library user calls it at the top of the
-program, or not at all). Only glibc (Linux) has these knobs; elsewhere nothing changes.
+backend starts in train.py and :func:`settle` restores glibc's defaults once the backend turns
+out not to be the CPU; eval.py leaves malloc alone under `auto`. Threads started before the call
+keep their own arenas, so it must run before JAX starts its thread pools (the CLI entry points
+call it first; a library user calls it at the top of the program, or not at all). Only glibc
+(Linux) has these knobs; elsewhere nothing changes.
 """
 
 from __future__ import annotations
@@ -78,10 +83,12 @@ def check_mode(mode: str) -> str:
     return mode
 
 
-def configure(mode: str) -> bool:
-    """Before JAX starts: applies `mode` ("auto" and "keep" keep freed memory, "system" leaves
-    malloc alone); returns whether malloc was changed."""
-    if check_mode(mode) == "system":
+def configure(mode: str, *, training: bool = True) -> bool:
+    """Before JAX starts: applies `mode` ("keep" keeps freed memory, "system" leaves malloc
+    alone, "auto" keeps it when `training`: a training process repeats one step, while an
+    evaluation's decoding compiles a program per prompt bucket); returns whether malloc was
+    changed."""
+    if check_mode(mode) == "system" or (mode == "auto" and not training):
         return False
     applied = keep_freed_memory()
     if not applied:

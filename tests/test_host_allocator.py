@@ -78,6 +78,7 @@ def test_modes_are_checked():
     with pytest.raises(ValueError, match="host_allocator='bogus'"):
         host_allocator.configure("bogus")
     assert host_allocator.configure("system") is False
+    assert host_allocator.configure("auto", training=False) is False  # evaluation: left alone
     assert host_allocator.settle("system", "cpu") is False
 
 

@@ -326,7 +326,8 @@ class RuntimeSection:
         "auto",
         "glibc malloc: keep = reuse freed host buffers (no per-step page faults on the CPU "
         "backend; the process keeps its peak memory), system = leave malloc alone, auto = keep "
-        "on the CPU backend only (almol_jax/host_allocator.py).",
+        "for training on the CPU backend (not for eval.py: it slows compiles; "
+        "almol_jax/host_allocator.py).",
     )
     cpu_devices: int = _f(
         1,
