@@ -12,7 +12,8 @@ has several CPUs, data-parallel over `--cpu-devices` XLA CPU devices (default: o
 CPU; runtime.cpu_devices in a run config), weights replicated and the prompts split; both must
 give the same tokens. Our model is split once (`split=`), as generate_texts does for a run's
 batches. HF runs with torch's default threads (all usable CPUs). The last line is
-`ratio_vs_hf=<best of ours / HF>  (<which>)` (only with --vs-hf), preceded by the other ratio.
+`ratio_vs_hf=<best of ours / HF>` (only with --vs-hf), after each variant's ratio and the name
+of the best one.
 """
 
 from __future__ import annotations
@@ -199,9 +200,10 @@ def main(argv=None) -> int:
     if args.vs_hf:
         best = max((n for n in rates if n != "hf"), key=rates.get)
         for name in rates:
-            if name not in ("hf", best):
-                print(f"ratio_vs_hf ({name})={rates[name] / rates['hf']:.2f}")
-        print(f"ratio_vs_hf={rates[best] / rates['hf']:.2f}  ({best})")
+            if name != "hf":
+                print(f"{name} / hf: {rates[name] / rates['hf']:.2f}")
+        print(f"best of ours: {best}")
+        print(f"ratio_vs_hf={rates[best] / rates['hf']:.2f}")
     return 0
 
 

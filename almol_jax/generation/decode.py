@@ -116,7 +116,7 @@ def first_eos_lengths(tokens_BN: jax.Array, eos_ids: tuple[int, ...]) -> jax.Arr
 
 
 # XLA:CPU compiles the decode program with its YNNPACK fusions off: the loop's one-row-per-prompt
-# products and small reductions ran ~10% faster through XLA's own kernels (bench/generate.py,
+# products and small reductions ran ~7-10% faster through XLA's own kernels (bench/generate.py,
 # docs/benchmarks.md), whereas the training step's large products are faster with YNNPACK.
 CPU_DECODE_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
 _STATIC = ("graphdef", "settings", "eos_ids", "pad_id")
