@@ -15,18 +15,22 @@ compile-bound workload (eval.py's decoding: a program per prompt bucket, short o
 The process then keeps its peak host memory until it exits, which is what a training process on
 the CPU backend wants and what an accelerator host, whose parameters pass through host memory
 once at load time, does not: ``runtime.host_allocator: auto`` (the default) applies it before the
-backend starts in train.py and :func:`settle` restores glibc's defaults once the backend turns
-out not to be the CPU; eval.py leaves malloc alone under `auto`. Threads started before the call
-keep their own arenas, so it must run before JAX starts its thread pools (the CLI entry points
-call it first; a library user calls it at the top of the program, or not at all). Only glibc
-(Linux) has these knobs; elsewhere nothing changes.
+backend starts in train.py unless JAX is going to use an accelerator (:func:`accelerator_expected`:
+JAX_PLATFORMS, an installed PJRT plugin, libtpu), and :func:`settle` restores glibc's defaults
+should the backend still turn out not to be the CPU; eval.py leaves malloc alone under `auto`.
+Threads started before the call keep their own arenas, so it must run before JAX starts its
+thread pools (the CLI entry points call it first; a library user calls it at the top of the
+program, or not at all). Only glibc (Linux) has these knobs; elsewhere nothing changes.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import importlib.metadata
+import importlib.util
 import logging
+import os
 from typing import Literal
 
 Mode = Literal["auto", "keep", "system"]
@@ -38,8 +42,13 @@ M_MMAP_MAX = -4
 M_ARENA_MAX = -8
 
 _KEEP = ((M_ARENA_MAX, 1), (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, 2**31 - 1))
-# glibc's documented defaults; arenas already created stay (one arena is only less parallel)
-_SYSTEM = ((M_MMAP_MAX, 65536), (M_TRIM_THRESHOLD, 128 * 1024))
+# glibc's defaults (arena cap: 8 per core on 64-bit); threads already attached to the main arena
+# stay there, later threads get arenas of their own again
+_SYSTEM = (
+    (M_MMAP_MAX, 65536),
+    (M_TRIM_THRESHOLD, 128 * 1024),
+    (M_ARENA_MAX, 8 * (os.cpu_count() or 1)),
+)
 
 log = logging.getLogger(__name__)
 
@@ -83,12 +92,26 @@ def check_mode(mode: str) -> str:
     return mode
 
 
-def configure(mode: str, *, training: bool = True) -> bool:
+def accelerator_expected(environ=None) -> bool:
+    """Whether JAX will pick an accelerator backend, told without starting one: JAX_PLATFORMS
+    names another platform first, or a PJRT plugin (CUDA, ROCm, ...) or libtpu is installed."""
+    environ = os.environ if environ is None else environ
+    platforms = environ.get("JAX_PLATFORMS", "").strip()
+    if platforms:
+        return platforms.split(",")[0].strip().lower() != "cpu"
+    if importlib.util.find_spec("libtpu") is not None:
+        return True
+    return any(True for _ in importlib.metadata.entry_points(group="jax_plugins"))
+
+
+def configure(mode: str, *, training: bool = True, environ=None) -> bool:
     """Before JAX starts: applies `mode` ("keep" keeps freed memory, "system" leaves malloc
-    alone, "auto" keeps it when `training`: a training process repeats one step, while an
-    evaluation's decoding compiles a program per prompt bucket); returns whether malloc was
-    changed."""
-    if check_mode(mode) == "system" or (mode == "auto" and not training):
+    alone, "auto" keeps it for `training` on the CPU backend: a training process repeats one
+    step, while an evaluation's decoding compiles a program per prompt bucket, and an
+    accelerator host's threads would share one malloc arena); returns whether malloc changed."""
+    if check_mode(mode) == "system":
+        return False
+    if mode == "auto" and (not training or accelerator_expected(environ)):
         return False
     applied = keep_freed_memory()
     if not applied:

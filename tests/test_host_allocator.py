@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -39,11 +40,13 @@ PROBE = textwrap.dedent(
 
 
 def _probe(mode: str, backend: str = "cpu") -> dict:
+    env = dict(os.environ, JAX_PLATFORMS="cpu")  # "auto" keeps memory on CPU hosts only
     out = subprocess.run(
         [sys.executable, "-c", PROBE, mode, backend],
         check=True,
         capture_output=True,
         text=True,
+        env=env,
     ).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -72,6 +75,13 @@ def test_auto_off_the_cpu_backend_restores_the_defaults():
     assert min(gpu["faults"]) > 10_000, gpu
     forced = _probe("keep", backend="gpu")  # "keep" keeps it whatever the backend
     assert forced["kept"] is True and max(forced["faults"]) < 500, forced
+
+
+def test_auto_skips_hosts_that_will_use_an_accelerator():
+    assert host_allocator.accelerator_expected({"JAX_PLATFORMS": "tpu"}) is True
+    assert host_allocator.accelerator_expected({"JAX_PLATFORMS": "cuda,cpu"}) is True
+    assert host_allocator.accelerator_expected({"JAX_PLATFORMS": "cpu"}) is False
+    assert host_allocator.configure("auto", environ={"JAX_PLATFORMS": "tpu"}) is False
 
 
 def test_modes_are_checked():
