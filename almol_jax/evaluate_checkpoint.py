@@ -300,7 +300,8 @@ def add_checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="config override, e.g. --set generation.max_new_tokens=64",
+        help="config override, e.g. --set generation.max_new_tokens=64 (of --config, else of "
+        "the run's own config.yaml)",
     )
 
 
@@ -313,12 +314,13 @@ def run_checkpoint_cli(args: argparse.Namespace, options: Any) -> dict:
     from almol_jax.config import load_config
     from almol_jax.eval.report import format_table
 
-    cfg = load_config(args.config, args.set) if args.config else None
-    if cfg is None:  # the run's own config, read before JAX starts
+    if args.config:
+        cfg = load_config(args.config, args.set)
+    else:  # the run's own config, with the --set overrides when there are any
         run_dir, _ = run_and_step(args.checkpoint)
-        runtime = load_config(str(run_dir / "config.yaml")).runtime
-    else:
-        runtime = cfg.runtime
+        run_cfg = load_config(str(run_dir / "config.yaml"), args.set)
+        cfg = run_cfg if args.set else None
+    runtime = (cfg or run_cfg).runtime  # read before JAX starts
     host_allocator.configure(runtime.host_allocator, training=False)
     cpu_devices.configure(runtime.cpu_devices)
     step: str | int = args.step if args.step in ("best", "latest") else int(args.step)

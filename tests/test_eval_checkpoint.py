@@ -145,6 +145,16 @@ def test_two_cpu_devices_decode_data_parallel_with_the_same_outputs(tiny_run, tm
     assert len(rows[1]) == LIMIT + 1 and rows[2] == rows[1]
 
 
+def test_set_without_config_overrides_the_runs_own_config(tiny_run, tmp_path):
+    _, run_dir = tiny_run
+    out = tmp_path / "eval"
+    args = ["--checkpoint", str(run_dir), "--set", "generation.max_new_tokens=3"]
+    args += ["--limit", "2", "--directions", "smiles2caption", "--output-dir", str(out)]
+    assert eval_cli.main([*args, *SCORING]) == 0
+    metrics = json.loads((out / "smiles2caption" / "metrics.json").read_text())
+    assert metrics["generation"]["max_new_tokens"] == 3  # the run's config says 16
+
+
 def test_evaluate_checkpoint_adapters_off_is_the_base_model(tiny_run, tmp_path):
     from almol_jax.data.prompts import format_prompt
     from almol_jax.eval import EvalOptions
