@@ -116,9 +116,7 @@ def evaluate_checkpoint(
     cfg.eval (`eval_options_from_config`; None = cfg.eval as it is), `settings` a `DecodeSettings` (default: from cfg), `key` the
     sampling PRNG key (default: the "sampling" key of cfg.seed; unused by greedy decoding).
     """
-    import jax
-
-    from almol_jax import cpu_devices, host_allocator
+    from almol_jax import cpu_devices
     from almol_jax.data.prompts import format_prompt
     from almol_jax.data.report import DataReport
     from almol_jax.data.sources import load_examples
@@ -143,8 +141,6 @@ def evaluate_checkpoint(
         run_dir_or_step, adapters=adapters, step=step, mesh=dp_mesh
     )
     cfg = run_cfg if cfg is None else cfg
-    if cfg.runtime.host_allocator == "keep":  # "auto" left malloc alone for evaluation
-        host_allocator.settle("keep", jax.default_backend())
     limit = cfg.eval.limit if limit is None else limit
     if limit is not None and limit < 1:
         raise ValueError(f"limit={limit} must be >= 1 (or None for all rows)")

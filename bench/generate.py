@@ -94,9 +94,9 @@ def main(argv=None) -> int:
     import jax
     import torch
 
-    cpu_devices = args.cpu_devices or len(os.sched_getaffinity(0))
-    if cpu_devices > 1:  # before the backend starts
-        jax.config.update("jax_num_cpu_devices", cpu_devices)
+    from almol_jax import cpu_devices as cpu_devices_lib
+
+    cpu_devices = cpu_devices_lib.configure(args.cpu_devices)  # before the backend starts
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -129,11 +129,11 @@ def main(argv=None) -> int:
     if cpu_devices > 1:  # data-parallel: weights replicated, prompts split across the devices
         from jax.sharding import NamedSharding, PartitionSpec
 
-        from almol_jax.sharding import batch_sharding, make_mesh
+        from almol_jax.sharding import batch_sharding
 
         if args.batch % cpu_devices:
             raise ValueError(f"--batch {args.batch} does not split on {cpu_devices} CPU devices")
-        mesh = make_mesh({"data": cpu_devices, "fsdp": 1, "tensor": 1})
+        mesh = cpu_devices_lib.data_parallel_mesh()
         graphdef, states = split
         split_dp = (graphdef, jax.device_put(states, NamedSharding(mesh, PartitionSpec())))
         ids_dp, mask_dp = (

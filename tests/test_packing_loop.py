@@ -7,7 +7,7 @@ from collections import Counter
 
 import numpy as np
 import pytest
-from train_runs import TINY, assert_hosts_concatenate, overrides
+from train_runs import TINY, assert_hosts_concatenate, overrides, three_step_run
 
 from almol_jax.config import load_config
 from almol_jax.data.batching import BatchIterator
@@ -16,8 +16,6 @@ from almol_jax.data.prefix_sharing import plain_to_triplets
 from almol_jax.data.report import DataReport
 from almol_jax.data.tokenize import prepare_split
 from almol_jax.data.tokenizer import load_tokenizer
-from almol_jax.train.loop import run_training
-from almol_jax.train.metrics_log import read_metrics
 
 KEYS = ("loss", "nll_loss", "rewards/margins", "logps/chosen", "logps/rejected", "grad_norm")
 
@@ -86,30 +84,10 @@ def test_an_example_longer_than_a_row_is_named(tmp_path):
 
 
 def _run(tmp_path, name, *extra):
-    run_dir = tmp_path / name
-    cfg = load_config(
-        TINY,
-        overrides(
-            run_dir,
-            "train.steps=3",
-            "train.eval_every=3",
-            "train.eval_batches=1",
-            "train.micro_batch_size=4",
-            "checkpoint.every=0",
-            "checkpoint.keep_last=1",
-            *extra,
-        ),
-    )
-    seen = []
+    def slots(batch):
+        return batch["pair_mask"].shape[1] if "label_src" in batch else 0
 
-    def hook(step, batch):
-        seen.append(batch["pair_mask"].shape[1] if "label_src" in batch else 0)
-        return batch
-
-    summary = run_training(cfg, batch_hook=hook)
-    assert summary["step"] == 3
-    records = read_metrics(run_dir)
-    return [r for r in records if "loss" in r], [r for r in records if "eval/loss" in r], seen
+    return three_step_run(tmp_path / name, slots, "train.micro_batch_size=4", *extra)
 
 
 @pytest.mark.parametrize("objective", ["cpo", "sft"])

@@ -16,6 +16,7 @@ from train_runs import (
     env_with_devices,
     overrides,
     run_train,
+    three_step_run,
     train_cmd,
     train_records,
 )
@@ -30,8 +31,6 @@ from almol_jax.data.prefix_sharing import (
 from almol_jax.data.report import DataReport
 from almol_jax.data.tokenize import prepare_split
 from almol_jax.data.tokenizer import load_tokenizer
-from almol_jax.train.loop import run_training
-from almol_jax.train.metrics_log import read_metrics
 
 KEYS = ("loss", "nll_loss", "rewards/margins", "logps/chosen", "logps/rejected", "grad_norm")
 
@@ -108,32 +107,10 @@ def test_prefix_sharing_resolution_in_config_terms(tmp_path):
 
 
 def _run(tmp_path, name, mode, *extra):
-    run_dir = tmp_path / name
-    cfg = load_config(
-        TINY,
-        overrides(
-            run_dir,
-            "train.steps=3",
-            "train.eval_every=3",
-            "train.eval_batches=1",
-            "checkpoint.every=0",
-            "checkpoint.keep_last=1",
-            f"data.prefix_sharing={mode}",
-            *extra,
-        ),
-    )
-    seen = []
+    def indexed(batch):
+        return "label_src" in batch
 
-    def hook(step, batch):
-        seen.append("label_src" in batch)
-        return batch
-
-    summary = run_training(cfg, batch_hook=hook)
-    assert summary["step"] == 3
-    records = read_metrics(run_dir)
-    train = [r for r in records if "loss" in r]
-    evals = [r for r in records if "eval/loss" in r]
-    return train, evals, seen
+    return three_step_run(tmp_path / name, indexed, f"data.prefix_sharing={mode}", *extra)
 
 
 def test_run_with_prefix_sharing_logs_the_same_losses(tmp_path):

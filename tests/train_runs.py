@@ -37,6 +37,39 @@ def overrides(run_dir, *extra: str) -> list[str]:
     return [*SMALL, f"output_dir={run_dir}", *extra]
 
 
+def three_step_run(run_dir, record, *extra: str):
+    """Trains configs/tiny.yaml (SMALL overrides) for 3 steps in this process, validating once.
+
+    `record(batch)` is called on every host batch; returns (train records, eval records, the
+    values `record` returned)."""
+    from almol_jax.config import load_config
+    from almol_jax.train.loop import run_training
+    from almol_jax.train.metrics_log import read_metrics
+
+    cfg = load_config(
+        TINY,
+        overrides(
+            run_dir,
+            "train.steps=3",
+            "train.eval_every=3",
+            "train.eval_batches=1",
+            "checkpoint.every=0",
+            "checkpoint.keep_last=1",
+            *extra,
+        ),
+    )
+    seen = []
+
+    def hook(step, batch):
+        seen.append(record(batch))
+        return batch
+
+    summary = run_training(cfg, batch_hook=hook)
+    assert summary["step"] == 3
+    records = read_metrics(run_dir)
+    return [r for r in records if "loss" in r], [r for r in records if "eval/loss" in r], seen
+
+
 def env_with_devices(count: int) -> dict[str, str]:
     env = dict(os.environ)
     env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={count}"
