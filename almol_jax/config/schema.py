@@ -82,8 +82,10 @@ class ModelSection:
         None, "Parameter dtype of the frozen base; None = same as dtype."
     )
     vocab_multiple: int = _f(128, "Embedding/lm_head rows are padded to a multiple of this.")
-    attention_impl: Literal["xla", "cudnn"] | None = _f(
-        None, "jax.nn.dot_product_attention implementation; None lets JAX choose."
+    attention_impl: Literal["xla", "cpu", "cudnn"] | None = _f(
+        None,
+        "Attention kernel: null = the threaded C++ CPU kernel on a one-device float32 CPU run"
+        " (built on first use; XLA's if it cannot be), else xla; xla; cpu (required); cudnn.",
     )
     remat: Literal["none", "full", "dots"] = _f("none", "Rematerialisation policy per block.")
 

@@ -1,4 +1,5 @@
-"""Self-attention: mask building, GQA/MQA attention (softmax_attention.py or cuDNN), KV cache.
+"""Self-attention: mask building, GQA/MQA attention (softmax_attention.py, the CPU kernel of
+cpu_attention.py, or jax.nn's cuDNN), KV cache.
 
 A query may attend a key iff: key index <= query index (causal, by index in the row) AND the key
 is valid (padding mask) AND segment ids are equal (when given) AND mask_BTS[b, t, s] (when
@@ -12,6 +13,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from almol_jax.model import cpu_attention
 from almol_jax.model.config import ModelConfig
 from almol_jax.model.lora import Linear, LoraConfig, project
 from almol_jax.model.rope import apply_rope
@@ -109,6 +111,11 @@ class Attention(nnx.Module):
             )
             kv_BKSH = (k_BKSH, v_BKSH)
             out_BTNH = cached_attention(q_BTNH, k_BKSH, v_BKSH, mask_to_bias(mask_BTS))
+        elif cpu_attention.chosen(self.attention_impl, q_BTNH.dtype):
+            # zeros for a query with no visible key, as below
+            out_BTNH = cpu_attention.cpu_attention(q_BTNH, k_BTKH, v_BTKH, mask_BTS)
+            out_BTD = self.o_proj(out_BTNH.reshape(b, -1, self.num_heads * self.head_dim))
+            return out_BTD, kv_BKSH
         elif self.attention_impl in (None, "xla"):
             out_BTNH = softmax_attention(q_BTNH, k_BTKH, v_BTKH, mask_to_bias(mask_BTS))
         else:

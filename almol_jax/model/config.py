@@ -18,7 +18,7 @@ import jax.numpy as jnp
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 _ROPE_TYPES = ("default", "linear", "llama3")
 _REMAT = ("none", "full", "dots", "dots_saveable")
-_ATTN_IMPLS = (None, "xla", "cudnn")
+_ATTN_IMPLS = (None, "xla", "cpu", "cudnn")
 
 
 def dtype_of(name: str):
@@ -54,7 +54,9 @@ class ModelConfig:
     vocab_multiple: int = 128  # pad the vocabulary axis to a multiple of this (1: no padding)
     dtype: str = "float32"  # compute dtype
     param_dtype: str = "float32"  # storage dtype of the base parameters
-    attention_impl: str | None = None  # jax.nn.dot_product_attention implementation
+    # None: the CPU kernel (cpu_attention.py) on a one-device CPU run in float32, else "xla";
+    # "xla": softmax_attention.py; "cpu": the kernel (an error if it cannot be built); "cudnn"
+    attention_impl: str | None = None
     remat: str = "none"  # per-block rematerialisation: none | full | dots (= dots_saveable)
 
     def __post_init__(self):
