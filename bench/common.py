@@ -16,7 +16,10 @@ FLOP convention (documented once here, used for every "model FLOPs" figure):
   except the first layer's input-side projections (their input, the embedding, needs no
   gradient), attention backward (2x forward: dQ, dK, dV, dP), LoRA weight and input
   gradients (2x the LoRA forward); no weight gradients of frozen kernels;
-- full fine-tuning (lora_r == 0) adds weight gradients (1x forward of each kernel).
+- full fine-tuning (lora_r == 0) adds weight gradients (1x forward of each kernel);
+- merged LoRA (ours, model/merged_lora.py): the forward runs x @ (W + s A B), so its LoRA
+  cost is the merge (I x R x O, counted again in the backward, which recomputes it) instead
+  of the per-row A and B products; the backward's per-row LoRA work is the same 2x.
 """
 
 from __future__ import annotations
@@ -124,14 +127,20 @@ def label_query_pairs(s: BenchShape) -> int:
 
 
 def train_step_flops(
-    s: BenchShape, layout: str, *, response_only_logits: bool, label_queries_last: bool = False
+    s: BenchShape,
+    layout: str,
+    *,
+    response_only_logits: bool,
+    label_queries_last: bool = False,
+    merged_lora: bool = False,
 ) -> dict[str, int]:
     """Model matmul FLOPs of one CPO train step (see the module docstring for the convention).
 
     Returns {"forward", "backward", "total"}. `response_only_logits` counts the lm_head only at
     the label positions (chosen + rejected tokens) instead of at every processed position;
     `label_queries_last` (ours, prefix-shared) counts the last layer's q/o/MLP projections and
-    its attention at the label positions only (k and v still at every position).
+    its attention at the label positions only (k and v still at every position);
+    `merged_lora` (ours) counts LoRA as model/merged_lora.py computes it (module docstring).
     """
     tokens = processed_tokens(s, layout)
     labels = s.pairs * (s.chosen_len + s.rejected_len)
@@ -146,8 +155,9 @@ def train_step_flops(
         for (i, o), name in zip(lin, names, strict=True):
             rows = labels if last and name not in ("k", "v") else tokens
             base, lora = 2 * i * o * rows, (2 * (i * r + r * o) * rows if r else 0)
-            fwd += base + lora
-            bwd += (0 if index == 0 and name in in_side else base) + 2 * lora
+            merge = 2 * i * r * o if merged_lora and r else 0
+            fwd += base + (merge if merged_lora else lora)
+            bwd += (0 if index == 0 and name in in_side else base) + 2 * lora + merge
             if not r:  # full fine-tuning: weight gradients of every kernel
                 bwd += base
         pairs = label_query_pairs(s) if last else attended_pairs(s, layout)

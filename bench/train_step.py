@@ -208,6 +208,7 @@ class OursSystem:
         import optax
         from flax import nnx
 
+        from almol_jax import xla_cpu_options
         from almol_jax.config.schema import ObjectiveSection
         from almol_jax.data.prefix_sharing import plain_batch, prefix_share_batch
         from almol_jax.model.build import build_model
@@ -240,8 +241,11 @@ class OursSystem:
             schedule=schedule,
         )
         self.state = jax.jit(lambda t: init_train_state(t, self.settings.tx))(trainable)
-        self.step_fn = jax.jit(
-            train_step, static_argnames=("graphdef", "settings"), donate_argnames=("state",)
+        self.step_fn = jax.jit(  # as train/step.py's build_train_step, without shardings
+            train_step,
+            static_argnames=("graphdef", "settings"),
+            donate_argnames=("state",),
+            compiler_options=xla_cpu_options.for_backend(xla_cpu_options.TRAIN_STEP),
         )
         triplets = random_triplets(s, s.pairs * self.num_batches, self.seed)
         self.batches = []
@@ -380,6 +384,7 @@ def figures(
         layout,
         response_only_logits=ours,
         label_queries_last=ours and layout == "prefix_shared",
+        merged_lora=ours and shape.dtype == "float32",
     )["total"]
     return {
         "system": system,

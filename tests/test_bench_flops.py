@@ -57,3 +57,16 @@ def test_label_queries_count_less_only_in_the_last_layer():
     hd = s.num_heads * s.head_dim
     attn_saved = 3 * 4 * hd * (attended_pairs(s, "prefix_shared") - label_query_pairs(s))
     assert full - last == rows_saved * per_row + attn_saved
+
+
+def test_merged_lora_counts_the_merge_instead_of_the_forward_adapter_products():
+    s = SHAPES["cpo-small"]
+    plain = train_step_flops(s, "prefix_shared", response_only_logits=True)
+    merged = train_step_flops(s, "prefix_shared", response_only_logits=True, merged_lora=True)
+    d, f, r = s.hidden_size, s.intermediate_size, s.lora_r
+    rows = s.pairs * (s.prompt_len + s.chosen_len + s.rejected_len)
+    dims = [(d, d)] * 4 + [(d, f), (d, f), (f, d)]
+    lora_fwd = sum(2 * (i * r + r * o) * rows for i, o in dims) * s.num_layers
+    merge = sum(2 * i * r * o for i, o in dims) * s.num_layers
+    assert plain["forward"] - merged["forward"] == lora_fwd - merge
+    assert merged["backward"] - plain["backward"] == merge

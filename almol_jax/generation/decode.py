@@ -10,7 +10,6 @@ passing zeros for the LoRAParam state (the same graphdef; no base weight is copi
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import jax
@@ -18,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from almol_jax import xla_cpu_options
 from almol_jax.generation.sampling import select_next_token
 from almol_jax.generation.settings import DecodeSettings
 
@@ -115,28 +115,12 @@ def first_eos_lengths(tokens_BN: jax.Array, eos_ids: tuple[int, ...]) -> jax.Arr
     )
 
 
-# XLA:CPU compiles the decode program with its YNNPACK fusions off: the loop's one-row-per-prompt
-# products and small reductions ran ~7-10% faster through XLA's own kernels (bench/generate.py,
-# docs/benchmarks.md), whereas the training step's large products are faster with YNNPACK.
-CPU_DECODE_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
 _STATIC = ("graphdef", "settings", "eos_ids", "pad_id")
 
 
-@functools.cache
-def _cpu_options_supported() -> bool:
-    """Whether this jaxlib's CPU compiler knows CPU_DECODE_COMPILER_OPTIONS (they are
-    experimental flags: a newer jaxlib may rename them, and then decoding runs without)."""
-    try:
-        probe = jax.jit(lambda x: x + 1, compiler_options=CPU_DECODE_COMPILER_OPTIONS)
-        probe.lower(jnp.zeros((), jnp.int32)).compile()
-    except Exception:  # noqa: BLE001 - any rejection of the options means "unsupported"
-        return False
-    return True
-
-
 def _decode_program():
-    """The jitted decoder for the default backend (CPU: with its compiler options)."""
-    if jax.default_backend() == "cpu" and _cpu_options_supported():
+    """The jitted decoder for the default backend (CPU: with xla_cpu_options.DECODE)."""
+    if xla_cpu_options.for_backend(xla_cpu_options.DECODE) is not None:
         return _decode_jit_cpu
     return _decode_jit
 
@@ -172,9 +156,7 @@ def _decode(graphdef, states, input_ids_BP, attention_mask_BP, key, *, settings,
 
 
 _decode_jit = jax.jit(_decode, static_argnames=_STATIC)
-_decode_jit_cpu = jax.jit(
-    _decode, static_argnames=_STATIC, compiler_options=CPU_DECODE_COMPILER_OPTIONS
-)
+_decode_jit_cpu = jax.jit(_decode, static_argnames=_STATIC, compiler_options=xla_cpu_options.DECODE)
 
 
 def decode_tokens(

@@ -5,7 +5,9 @@ Adapters are a variable type, not a code path: `LoRAParam` subclasses `nnx.Varia
 exactly the adapters for the optimizer and checkpoints while the base stays frozen (and may be
 stored in bf16 while the adapters stay fp32). Kernels are [in, out]; A is [in, R] (PEFT's
 kaiming-uniform init with a=sqrt(5), i.e. U(-1/sqrt(in), 1/sqrt(in))), B is [R, out] (zeros),
-and y = x @ W + scale * dropout(x) @ A @ B (+ bias), exactly PEFT's LoRA Linear.
+and y = x @ W + scale * dropout(x) @ A @ B (+ bias), PEFT's LoRA Linear (computed as
+x @ W + (scale * (dropout(x) @ A)) @ B: equal up to float rounding, exact for a power-of-two
+scale).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from almol_jax.model.config import dtype_of
+from almol_jax.model.merged_lora import merged_project
 
 PEFT_LINEAR_NAMES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -147,6 +150,8 @@ class Linear(nnx.Module):
             self.lora_enabled = lora_enabled
 
     def __call__(self, x_BTI: jax.Array) -> jax.Array:
+        if _mergeable((self,), _rows(x_BTI)):
+            return project((self,), x_BTI)[0]
         y_BTO = jnp.einsum("...i,io->...o", x_BTI, self.kernel[...].astype(self.dtype))
         if self.lora_a is not None and self.lora_enabled:
             x_in = x_BTI if self.lora_dropout is None else self.lora_dropout(x_BTI)
@@ -154,11 +159,39 @@ class Linear(nnx.Module):
             b_RO = self.lora_b[...].astype(self.dtype)
             # on 2-D rows: XLA's CPU backward of the 3-D product is ~4x slower (issue 8)
             x_NI = x_in.reshape(-1, x_in.shape[-1])
-            lora_NO = adapter_down(x_NI, a_IR) @ b_RO
-            y_BTO = y_BTO + self.lora_scale * lora_NO.reshape(y_BTO.shape)
+            # the scale multiplies the thin [rows, R] factor, not the [rows, O] output: the
+            # output's cotangent then reaches the base and the adapter as one tensor (with the
+            # scale on the output XLA:CPU recomputed the whole upstream backward expression,
+            # e.g. SwiGLU's, once per branch; issue 8)
+            lora_NO = (self.lora_scale * adapter_down(x_NI, a_IR)) @ b_RO
+            y_BTO = y_BTO + lora_NO.reshape(y_BTO.shape)
         if self.bias is not None:
             y_BTO = y_BTO + self.bias[...].astype(self.dtype)
         return y_BTO
+
+
+# merge only when the rows outnumber the rank this many times: merging costs I*O*R multiply-adds
+# per kernel against the product's N*I*O, so a decode step (N = the batch) keeps the thin
+# products, a training step or a prefill merges
+MERGE_MIN_ROWS_PER_RANK = 8
+
+
+def _mergeable(linears: tuple[Linear, ...], rows: int) -> bool:
+    """Whether these projections run through merged_lora.merged_project: active adapters
+    without dropout, all computing in float32 (merging into bf16 kernels would round the
+    update away), over enough rows for the merge to pay."""
+    return all(
+        m.lora_a is not None
+        and m.lora_enabled
+        and m.lora_dropout is None
+        and jnp.dtype(m.dtype) == jnp.float32
+        and rows >= MERGE_MIN_ROWS_PER_RANK * m.lora_a.shape[1]
+        for m in linears
+    )
+
+
+def _rows(x_BTI: jax.Array) -> int:
+    return math.prod(x_BTI.shape[:-1])
 
 
 def project(linears: tuple[Linear, ...], x_BTI: jax.Array) -> list[jax.Array]:
@@ -172,6 +205,23 @@ def project(linears: tuple[Linear, ...], x_BTI: jax.Array) -> list[jax.Array]:
     up to float rounding; with adapter dropout (an independent mask per projection, as in PEFT)
     or adapters switched off it is exactly the unfused one.
     """
+    if _mergeable(linears, _rows(x_BTI)):
+        dtype = linears[0].dtype
+        x_NI = x_BTI.reshape(-1, x_BTI.shape[-1])
+        ys = merged_project(
+            x_NI,
+            tuple(m.kernel[...].astype(dtype) for m in linears),
+            jnp.concatenate([m.lora_a[...].astype(dtype) for m in linears], axis=1),
+            tuple(m.lora_b[...].astype(dtype) for m in linears),
+            tuple(float(m.lora_scale) for m in linears),
+        )
+        outs = []
+        for m, y_NO in zip(linears, ys, strict=True):
+            y_BTO = y_NO.reshape(*x_BTI.shape[:-1], y_NO.shape[-1])
+            if m.bias is not None:
+                y_BTO = y_BTO + m.bias[...].astype(m.dtype)
+            outs.append(y_BTO)
+        return outs
     fusable = len(linears) > 1 and all(
         m.lora_a is not None and m.lora_enabled and m.lora_dropout is None for m in linears
     )
@@ -184,10 +234,10 @@ def project(linears: tuple[Linear, ...], x_BTI: jax.Array) -> list[jax.Array]:
     outs, start = [], 0
     for m in linears:
         r = m.lora_a.shape[1]
-        lora_NO = xa_NR[:, start : start + r] @ m.lora_b[...].astype(dtype)
+        lora_NO = (m.lora_scale * xa_NR[:, start : start + r]) @ m.lora_b[...].astype(dtype)
         start += r
         y_BTO = jnp.einsum("...i,io->...o", x_BTI, m.kernel[...].astype(m.dtype))
-        y_BTO = y_BTO + m.lora_scale * lora_NO.reshape(y_BTO.shape)
+        y_BTO = y_BTO + lora_NO.reshape(y_BTO.shape)
         if m.bias is not None:
             y_BTO = y_BTO + m.bias[...].astype(m.dtype)
         outs.append(y_BTO)

@@ -70,21 +70,6 @@ inline float sexp(float x) {
 
 typedef uint8_t vu8 __attribute__((vector_size(VW), aligned(1)));
 
-// x[c] = mask[c] ? x[c] * scale : MASKED (mask == nullptr: every key visible), c < n.
-inline void scale_and_mask(float* x, const uint8_t* mask, int n, float scale) {
-  int c = 0;
-  if (mask == nullptr) {
-    for (; c + VW <= n; c += VW) store(x + c, load(x + c) * scale);
-    for (; c < n; ++c) x[c] *= scale;
-    return;
-  }
-  for (; c + VW <= n; c += VW) {
-    vi m = __builtin_convertvector(*reinterpret_cast<const vu8*>(mask + c), vi);
-    store(x + c, m != 0 ? load(x + c) * scale : splat(MASKED));
-  }
-  for (; c < n; ++c) x[c] = mask[c] ? x[c] * scale : MASKED;
-}
-
 inline float row_max(const float* x, int n, float mx) {
   int c = 0;
   vf m = splat(mx);
@@ -95,6 +80,54 @@ inline float row_max(const float* x, int n, float mx) {
   for (int i = 0; i < VW; ++i) mx = std::max(mx, m[i]);
   for (; c < n; ++c) mx = std::max(mx, x[c]);
   return mx;
+}
+
+// x[c] = MASKED where mask[c] is 0; returns max(mx, max_c x[c]) over the result.
+inline float mask_and_max(float* x, const uint8_t* mask, int n, float mx) {
+  int c = 0;
+  vf m = splat(mx);
+  for (; c + VW <= n; c += VW) {
+    vi k = __builtin_convertvector(*reinterpret_cast<const vu8*>(mask + c), vi);
+    vf v = k != 0 ? load(x + c) : splat(MASKED);
+    store(x + c, v);
+    m = v > m ? v : m;
+  }
+  for (int i = 0; i < VW; ++i) mx = std::max(mx, m[i]);
+  for (; c < n; ++c) {
+    if (!mask[c]) x[c] = MASKED;
+    mx = std::max(mx, x[c]);
+  }
+  return mx;
+}
+
+// x[c] = exp(x[c] * scale - shift) in place (masked raw scores give exactly 0); returns the sum.
+inline float exp_row(float* x, int n, float scale, float shift) {
+  int c = 0;
+  vf acc{};
+  for (; c + VW <= n; c += VW) {
+    vf e = vexp(load(x + c) * scale - shift);
+    store(x + c, e);
+    acc += e;
+  }
+  float sum = 0.0f;
+  for (int i = 0; i < VW; ++i) sum += acc[i];
+  for (; c < n; ++c) sum += (x[c] = sexp(x[c] * scale - shift));
+  return sum;
+}
+
+// x[c] = mask[c] ? exp(x[c] * scale - shift) : 0 in place (mask == nullptr: all visible).
+inline void prob_row(float* x, const uint8_t* mask, int n, float scale, float shift) {
+  int c = 0;
+  if (mask == nullptr) {
+    for (; c + VW <= n; c += VW) store(x + c, vexp(load(x + c) * scale - shift));
+    for (; c < n; ++c) x[c] = sexp(x[c] * scale - shift);
+    return;
+  }
+  for (; c + VW <= n; c += VW) {
+    vi k = __builtin_convertvector(*reinterpret_cast<const vu8*>(mask + c), vi);
+    store(x + c, k != 0 ? vexp(load(x + c) * scale - shift) : vf{});
+  }
+  for (; c < n; ++c) x[c] = mask[c] ? sexp(x[c] * scale - shift) : 0.0f;
 }
 
 inline void scale_row(float* x, int n, float a) {
@@ -217,16 +250,6 @@ void zero_rows(float* x, int64_t rows, int64_t stride, int64_t width) {
   for (int64_t r = 0; r < rows; ++r) std::memset(x + r * stride, 0, sizeof(float) * width);
 }
 
-// Scores of query rows q[0, rows) (row stride ldq) against key tile j into s (ld lds):
-// scale * q k^T, MASKED where mask_T (rows of the tile's queries, ld S) hides the key.
-void scores(float* s, int lds, const float* q, int64_t ldq, const float* kt,
-            const uint8_t* mask_T, const Dims& d, int rows, int64_t j, int state, float scale) {
-  const int cols = key_cols(d, j);
-  gemm(s, lds, q, (int)ldq, 1, kt + j * TILE, (int)d.S, rows, cols, (int)d.H, false);
-  for (int r = 0; r < rows; ++r)
-    scale_and_mask(s + r * lds, state == 2 ? nullptr : mask_T + r * d.S + j * TILE, cols, scale);
-}
-
 // One (batch, kv head) item: its G query heads over all T queries.
 void forward_item(const Dims& d, int64_t item, float scale, const float* Q, const float* Kx,
                   const float* V, const uint8_t* mask, const uint8_t* tiles, float* O, float* L,
@@ -248,49 +271,45 @@ void forward_item(const Dims& d, int64_t item, float scale, const float* Q, cons
       const int rows = (int)std::min<int64_t>(TILE, d.T - t0);
       const float* q = Q + ((b * d.T + t0) * d.N + n) * d.H;
       float* o = O + ((b * d.T + t0) * d.N + n) * d.H;
+      // raw scores of the visible tiles (hidden keys MASKED) and each row's max
+      float mx[TILE];
+      std::fill(mx, mx + rows, MASKED);
       bool any = false;
       for (int64_t j = 0; j < d.J; ++j) {
         state[j] = tile_state(tiles_TJ, d, t0, rows, j);
         if (!state[j]) continue;
         any = true;
-        scores(s + j * TILE, (int)SP, q, d.qs(), kt, mask_TS + t0 * d.S, d, rows, j, state[j],
-               scale);
+        const int cols = key_cols(d, j);
+        float* sj = s + j * TILE;
+        gemm(sj, (int)SP, q, (int)d.qs(), 1, kt + j * TILE, (int)d.S, rows, cols, (int)d.H, false);
+        for (int r = 0; r < rows; ++r) {
+          float* sr = sj + r * SP;
+          mx[r] = state[j] == 2 ? row_max(sr, cols, mx[r])
+                                : mask_and_max(sr, mask_TS + (t0 + r) * d.S + j * TILE, cols, mx[r]);
+        }
       }
       if (!any) {
         zero_rows(o, rows, d.qs(), d.H);
         for (int r = 0; r < rows; ++r) lse[t0 + r] = EMPTY_LSE;
         continue;
       }
+      // unnormalised probabilities in place; the output rows are divided by the sums after
+      float inv[TILE];
       for (int r = 0; r < rows; ++r) {
         float* sr = s + r * SP;
-        float mx = MASKED;
-        for (int64_t j = 0; j < d.J; ++j)
-          if (state[j]) mx = row_max(sr + j * TILE, key_cols(d, j), mx);
-        if (mx <= 0.5f * MASKED) {  // no visible key in this row: probabilities 0, output 0
+        if (mx[r] <= 0.5f * MASKED) {  // no visible key in this row: output 0
           for (int64_t j = 0; j < d.J; ++j)
             if (state[j]) std::fill(sr + j * TILE, sr + j * TILE + key_cols(d, j), 0.0f);
           lse[t0 + r] = EMPTY_LSE;
+          inv[r] = 0.0f;
           continue;
         }
+        const float shift = mx[r] * scale;
         float sum = 0.0f;
-        for (int64_t j = 0; j < d.J; ++j) {
-          if (!state[j]) continue;
-          float* x = sr + j * TILE;
-          const int cols = key_cols(d, j);
-          int c = 0;
-          vf acc{};
-          for (; c + VW <= cols; c += VW) {
-            vf e = vexp(load(x + c) - mx);
-            store(x + c, e);
-            acc += e;
-          }
-          for (int i = 0; i < VW; ++i) sum += acc[i];
-          for (; c < cols; ++c) sum += (x[c] = sexp(x[c] - mx));
-        }
-        const float inv = 1.0f / sum;
         for (int64_t j = 0; j < d.J; ++j)
-          if (state[j]) scale_row(sr + j * TILE, key_cols(d, j), inv);
-        lse[t0 + r] = mx + std::log(sum);
+          if (state[j]) sum += exp_row(sr + j * TILE, key_cols(d, j), scale, shift);
+        inv[r] = 1.0f / sum;
+        lse[t0 + r] = shift + std::log(sum);
       }
       bool first = true;
       for (int64_t j = 0; j < d.J; ++j) {
@@ -299,6 +318,7 @@ void forward_item(const Dims& d, int64_t item, float scale, const float* Q, cons
              (int)d.H, key_cols(d, j), !first);
         first = false;
       }
+      for (int r = 0; r < rows; ++r) scale_row(o + r * d.qs(), (int)d.H, inv[r]);
     }
   }
 }
@@ -340,14 +360,11 @@ void backward_item(const Dims& d, int64_t item, float scale, const float* Q, con
         const int state = tile_state(tiles_TJ, d, t0, rows, j);
         if (!state) continue;
         const int cols = key_cols(d, j);
-        scores(p, TILE, q, d.qs(), kt, mask_TS + t0 * d.S, d, rows, j, state, scale);
-        for (int r = 0; r < rows; ++r) {
-          float* pr = p + r * TILE;
-          const float l = lse[t0 + r];
-          int c = 0;
-          for (; c + VW <= cols; c += VW) store(pr + c, vexp(load(pr + c) - l));
-          for (; c < cols; ++c) pr[c] = sexp(pr[c] - l);
-        }
+        // P = exp(scale q k^T - lse), 0 where the key is hidden
+        gemm(p, TILE, q, (int)d.qs(), 1, kt + j * TILE, (int)d.S, rows, cols, (int)d.H, false);
+        for (int r = 0; r < rows; ++r)
+          prob_row(p + r * TILE, state == 2 ? nullptr : mask_TS + (t0 + r) * d.S + j * TILE, cols,
+                   scale, lse[t0 + r]);
         // dP = dO V^T, then dS = P (dP - D) scale
         gemm(ds, TILE, g, (int)d.qs(), 1, vt + j * TILE, (int)d.S, rows, cols, (int)d.H, false);
         for (int r = 0; r < rows; ++r) {

@@ -1,0 +1,50 @@
+"""Per-program XLA:CPU compiler options: what each of our jitted programs runs faster with.
+
+They are XLA debug options passed as `jax.jit(..., compiler_options=...)`, so they apply to that
+program only (XLA_FLAGS would apply to every program of the process, and a user's XLA_FLAGS stay
+untouched). They are experimental flags: a jaxlib that does not know one rejects it, and then
+the program compiles without (probed once per option set). Only the CPU backend gets them.
+
+- TRAIN_STEP (train/step.py's train and eval steps, the bench's step): XLA's loop emitters
+  instead of its newer fusion emitters. The step's elementwise fusions (SwiGLU's and RMSNorm's
+  backward, rotary, the LoRA sums) ran ~5% faster that way: cpo-small 0.163 -> 0.155 s/step
+  with two threads, 0.280 -> 0.257 s on one core; cpo-d512 unchanged (issue 8,
+  docs/benchmarks.md).
+- DECODE (generation/decode.py): YNNPACK fusions off. The decode loop's one-row-per-prompt
+  products and small reductions ran ~7-10% faster through XLA's own kernels, whereas the
+  training step's large products are faster with YNNPACK.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+TRAIN_STEP = {"xla_cpu_use_fusion_emitters": False}
+DECODE = {"xla_cpu_experimental_ynn_fusion_type": ""}
+
+
+@functools.cache
+def _supported(items: tuple) -> bool:
+    try:
+        probe = jax.jit(lambda x: x + 1, compiler_options=dict(items))
+        probe.lower(jnp.zeros((), jnp.int32)).compile()
+    except Exception:  # noqa: BLE001 - any rejection of the options means "unsupported"
+        return False
+    return True
+
+
+def supported(options: dict) -> bool:
+    """Whether this jaxlib's compiler accepts `options` (compiles a probe once per set)."""
+    return _supported(tuple(sorted(options.items())))
+
+
+def for_backend(options: dict) -> dict | None:
+    """`options` where the default backend is the CPU and accepts them, else None (no options).
+
+    Call it when the program is built (it initialises the backend), not at import time."""
+    if jax.default_backend() == "cpu" and supported(options):
+        return dict(options)
+    return None

@@ -1,0 +1,95 @@
+"""LoRA through merged kernels (model/merged_lora.py) against autodiff of the separate formula."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from almol_jax.model import lora as lora_lib
+from almol_jax.model.lora import Linear, LoraConfig, LoRAParam
+from almol_jax.model.merged_lora import merged_project
+
+
+def _separate(x, kernels, a, bs, scales):
+    """x @ W_i + s_i (x @ A_i) @ B_i, differentiated by JAX's autodiff (the reference)."""
+    outs, start = [], 0
+    for w, b, s in zip(kernels, bs, scales, strict=True):
+        r = b.shape[0]
+        outs.append(x @ w + s * ((x @ a[:, start : start + r]) @ b))
+        start += r
+    return outs
+
+
+@pytest.mark.parametrize("ranks", [(8,), (4, 4, 4), (16, 16)])
+def test_values_and_gradients_match_autodiff(ranks):
+    rng = np.random.default_rng(len(ranks))
+    n, i = 96, 24
+    outs = [40, 16, 16][: len(ranks)]
+    x = jnp.asarray(rng.normal(size=(n, i)), jnp.float32)
+    kernels = tuple(jnp.asarray(rng.normal(size=(i, o)) * 0.2, jnp.float32) for o in outs)
+    a = jnp.asarray(rng.normal(size=(i, sum(ranks))) * 0.3, jnp.float32)
+    bs = tuple(
+        jnp.asarray(rng.normal(size=(r, o)) * 0.3, jnp.float32)
+        for r, o in zip(ranks, outs, strict=True)
+    )
+    scales = tuple(2.0 / (k + 1) + 0.37 for k in range(len(ranks)))  # not powers of two
+    ws = [jnp.asarray(rng.normal(size=(n, o)), jnp.float32) for o in outs]
+
+    def loss(f, x, a, bs):
+        return sum(jnp.sum(y * w) for y, w in zip(f(x, kernels, a, bs, scales), ws, strict=True))
+
+    for got, want in zip(
+        merged_project(x, kernels, a, bs, scales), _separate(x, kernels, a, bs, scales), strict=True
+    ):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    g_merged = jax.grad(lambda *z: loss(merged_project, *z), argnums=(0, 1, 2))(x, a, bs)
+    g_ref = jax.grad(lambda *z: loss(_separate, *z), argnums=(0, 1, 2))(x, a, bs)
+    for got, want in zip(jax.tree.leaves(g_merged), jax.tree.leaves(g_ref), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+
+
+def _linear(dtype="float32", dropout=0.0):
+    lo = LoraConfig(r=4, alpha=8.0, dropout=dropout, target_modules=("q_proj",))
+    m = Linear(
+        16,
+        12,
+        axes=("embed", "heads"),
+        use_bias=True,
+        dtype=jnp.dtype(dtype),
+        param_dtype=jnp.float32,
+        init_std=0.2,
+        rngs=nnx.Rngs(0),
+        lora=lo,
+        name="q_proj",
+    )
+    m.lora_b[...] = 0.3 * jax.random.normal(jax.random.key(1), m.lora_b.shape)
+    m.bias[...] = jnp.arange(12, dtype=jnp.float32) * 0.01
+    return m
+
+
+def test_linear_takes_the_merged_path_only_where_it_pays(monkeypatch):
+    m = _linear()
+    x_many = jnp.asarray(np.random.default_rng(0).normal(size=(2, 40, 16)), jnp.float32)
+    x_few = x_many[:, :8]  # 16 rows < 8 x rank 4
+    assert lora_lib._mergeable((m,), 80) and not lora_lib._mergeable((m,), 16)
+    assert not lora_lib._mergeable((_linear("bfloat16"),), 80)
+    assert not lora_lib._mergeable((_linear(dropout=0.1),), 80)
+
+    def loss(model, x):
+        return jnp.sum(jnp.sin(model(x)))
+
+    def run(x):
+        value, grads = nnx.value_and_grad(loss, argnums=nnx.DiffState(0, LoRAParam))(m, x)
+        return value, jax.tree.leaves(grads)
+
+    for x in (x_many, x_few):
+        merged = run(x)
+        monkeypatch.setattr(lora_lib, "MERGE_MIN_ROWS_PER_RANK", 10**9)  # force separate
+        separate = run(x)
+        monkeypatch.undo()
+        np.testing.assert_allclose(merged[0], separate[0], rtol=1e-6)
+        for got, want in zip(merged[1], separate[1], strict=True):
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
