@@ -1,4 +1,4 @@
-"""Threaded, mask-aware attention for XLA:CPU: a C++ kernel (kernels/cpu_attention.cc) via the XLA FFI.
+"""Threaded, mask-aware CPU attention: a C++ kernel (kernels/cpu_attention.cc) via the XLA FFI.
 
 `cpu_attention(q_BTNH, k_BSKH, v_BSKH, mask_BTS)` computes what `softmax_attention` does (same
 grouping, float32) with a hand-written backward pass, and differs in how: the (batch, kv head)
@@ -150,6 +150,7 @@ def _forward_call(q_BTNH, k_BSKH, v_BSKH, mask_BTS, tiles_BTJ, scale):
             jax.ShapeDtypeStruct((b, t, n, h), jnp.float32),
             jax.ShapeDtypeStruct((b, n, t), jnp.float32),
         ),
+        vmap_method="sequential",
     )(q_BTNH, k_BSKH, v_BSKH, mask_BTS, tiles_BTJ, scale=np.float32(scale))
 
 
@@ -168,6 +169,7 @@ def _attention_bwd(scale, residuals, do_BTNH):
     dq, dk, dv = jax.ffi.ffi_call(
         _BACKWARD,
         tuple(jax.ShapeDtypeStruct(x.shape, jnp.float32) for x in (q_BTNH, k_BSKH, v_BSKH)),
+        vmap_method="sequential",
     )(
         q_BTNH,
         k_BSKH,
@@ -211,6 +213,10 @@ def chosen(attention_impl: str | None, dtype) -> bool:
     "cpu" always does (RuntimeError if the kernel cannot be built); None does on a one-device
     CPU backend in float32 when the kernel is available (else XLA's, with a warning once)."""
     if attention_impl == "cpu":
+        if jax.default_backend() != "cpu":
+            raise ValueError(
+                f"attention_impl='cpu' runs on the CPU backend only, not {jax.default_backend()!r}"
+            )
         require()
         if jnp.dtype(dtype) != jnp.float32:
             raise ValueError(f"attention_impl='cpu' computes in float32, not {jnp.dtype(dtype)}")
