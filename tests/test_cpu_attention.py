@@ -175,3 +175,48 @@ def test_build_is_cached(tmp_path):
         )
         assert done.stdout.strip() == "True", done.stderr[-2000:]
     assert len(list(tmp_path.glob("cpu_attention-*.so"))) == 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("march", ["x86-64-v2", "haswell"])
+def test_narrower_vector_builds_match(tmp_path, march):
+    """The 4-float (SSE; the NEON code path) and 8-float (AVX2) builds give the same results."""
+    import platform
+
+    if platform.machine() not in ("x86_64", "AMD64"):
+        pytest.skip(f"-march={march} is an x86 target; this machine is {platform.machine()}")
+    script = textwrap.dedent(
+        """
+        import sys, numpy as np, jax, jax.numpy as jnp
+        sys.path.insert(0, sys.argv[1])
+        from test_cpu_attention import _case, _reference
+        from almol_jax.model import cpu_attention
+        assert cpu_attention.available(), cpu_attention.unavailable_reason()
+        for i, name in enumerate(["prefix_shared_padded", "label_queries", "gqa_random"]):
+            q, k, v, mask = _case(name, np.random.default_rng(i))
+            mask = jnp.asarray(mask)
+            w = jnp.asarray(np.random.default_rng(9).normal(size=q.shape), jnp.float32)
+            fk = lambda q, k, v: cpu_attention.cpu_attention(q, k, v, mask)
+            fr = lambda q, k, v: _reference(q, k, v, mask)
+            np.testing.assert_allclose(fk(q, k, v), fr(q, k, v), rtol=1e-5, atol=2e-6)
+            for f_, r_ in zip(
+                jax.grad(lambda *a: jnp.sum(fk(*a) * w), argnums=(0, 1, 2))(q, k, v),
+                jax.grad(lambda *a: jnp.sum(fr(*a) * w), argnums=(0, 1, 2))(q, k, v),
+            ):
+                np.testing.assert_allclose(f_, r_, rtol=1e-5, atol=2e-6 * float(jnp.max(jnp.abs(r_))))
+        print("ok")
+        """
+    )
+    env = dict(
+        os.environ, ALMOL_JAX_KERNEL_MARCH=march, ALMOL_JAX_KERNEL_CACHE=str(tmp_path / "cache")
+    )
+    tests_dir = os.path.dirname(__file__)
+    done = subprocess.run(
+        [sys.executable, "-c", script, tests_dir],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]
+    assert len(list((tmp_path / "cache").glob("cpu_attention-*.so"))) == 1

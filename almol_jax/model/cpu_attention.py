@@ -8,9 +8,11 @@ prefix-shared CPO row sees ~45% of its [T, S] square). The backward pass recompu
 probabilities from the saved log-sum-exp instead of storing them.
 
 The kernel is compiled on first use with the host's C++ compiler (`$CXX`, else c++ / g++ /
-clang++; -O3 -march=native) into a cache directory keyed by the source, the jaxlib version and
-the CPU (`$ALMOL_JAX_KERNEL_CACHE`, default ~/.cache/almol_jax/kernels), then registered as an
-FFI target. `available()` says whether that worked and `unavailable_reason()` why not; callers
+clang++; -O3 -march=native, or `-march=$ALMOL_JAX_KERNEL_MARCH`, e.g. a common baseline for a
+cache shared by different CPUs) into a cache directory keyed by the source, the flags, the
+jaxlib version and the CPU (`$ALMOL_JAX_KERNEL_CACHE`, default ~/.cache/almol_jax/kernels), then
+registered as an FFI target. The vector width follows the target: 16 floats with AVX-512, 8
+with AVX, 4 otherwise (SSE, NEON). `available()` says whether that worked and `unavailable_reason()` why not; callers
 choosing it automatically (`attention_impl: null` on the CPU) fall back to `softmax_attention`
 with a warning, callers asking for it (`attention_impl: cpu`) get the error.
 """
@@ -63,7 +65,8 @@ def _build() -> Path:
     cxx = _compiler()
     if cxx is None:
         raise RuntimeError("no C++ compiler found (set CXX, or install g++ / clang++)")
-    flags = ["-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-Wno-attributes"]
+    march = os.environ.get("ALMOL_JAX_KERNEL_MARCH", "native")
+    flags = ["-O3", f"-march={march}", "-std=c++17", "-shared", "-fPIC", "-Wno-attributes"]
     include = jax.ffi.include_dir()
     source = _SOURCE.read_bytes()
     key = hashlib.sha256(
