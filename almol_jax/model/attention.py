@@ -101,6 +101,7 @@ class Attention(nnx.Module):
         q_BTNH = apply_rope(q_BTO.reshape(b, -1, self.num_heads, self.head_dim), rope_q)
         k_BTKH = apply_rope(k_BTO.reshape(b, t, self.num_kv_heads, self.head_dim), rope)
         v_BTKH = v_BTO.reshape(b, t, self.num_kv_heads, self.head_dim)
+        keyless_zeroed = False
         if kv_BKSH is not None:
             # the cache is [B, K, S, H]: heads before slots, so that the decode-step products
             # read it without a transposed copy
@@ -112,10 +113,8 @@ class Attention(nnx.Module):
             kv_BKSH = (k_BKSH, v_BKSH)
             out_BTNH = cached_attention(q_BTNH, k_BKSH, v_BKSH, mask_to_bias(mask_BTS))
         elif cpu_attention.chosen(self.attention_impl, q_BTNH.dtype):
-            # zeros for a query with no visible key, as below
             out_BTNH = cpu_attention.cpu_attention(q_BTNH, k_BTKH, v_BTKH, mask_BTS)
-            out_BTD = self.o_proj(out_BTNH.reshape(b, -1, self.num_heads * self.head_dim))
-            return out_BTD, kv_BKSH
+            keyless_zeroed = True  # the kernel's rows with no visible key are zeros already
         elif self.attention_impl in (None, "xla"):
             out_BTNH = softmax_attention(q_BTNH, k_BTKH, v_BTKH, mask_to_bias(mask_BTS))
         else:
@@ -126,8 +125,9 @@ class Attention(nnx.Module):
                 mask=mask_BTS[:, None, :, :],
                 implementation=self.attention_impl,
             )
-        # a query with no visible key (padding) gets zeros, not a uniform mix of hidden keys
-        has_key_BT11 = jnp.any(mask_BTS, axis=-1)[:, :, None, None]
-        out_BTNH = jnp.where(has_key_BT11, out_BTNH, jnp.zeros_like(out_BTNH))
+        if not keyless_zeroed:
+            # a query with no visible key (padding) gets zeros, not a uniform mix of hidden keys
+            has_key_BT11 = jnp.any(mask_BTS, axis=-1)[:, :, None, None]
+            out_BTNH = jnp.where(has_key_BT11, out_BTNH, jnp.zeros_like(out_BTNH))
         out_BTD = self.o_proj(out_BTNH.reshape(b, -1, self.num_heads * self.head_dim))
         return out_BTD, kv_BKSH

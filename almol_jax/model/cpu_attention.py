@@ -40,8 +40,8 @@ _FORWARD, _BACKWARD = "almol_cpu_attention_fwd", "almol_cpu_attention_bwd"
 
 def _compiler() -> str | None:
     for name in (os.environ.get("CXX"), "c++", "g++", "clang++"):
-        if name and shutil.which(name):
-            return shutil.which(name)
+        if name and (path := shutil.which(name)):
+            return path
     return None
 
 
@@ -124,14 +124,6 @@ def require() -> None:
         raise RuntimeError(
             f"attention_impl='cpu': the CPU attention kernel is unavailable: {reason}"
         )
-
-
-def warn_unavailable() -> None:
-    warnings.warn(
-        f"the CPU attention kernel is unavailable ({_load()}); using the XLA attention",
-        RuntimeWarning,
-        stacklevel=3,
-    )
 
 
 def tile_states(mask_BTS: jax.Array) -> jax.Array:
@@ -236,4 +228,8 @@ def chosen(attention_impl: str | None, dtype) -> bool:
 
 @functools.cache
 def _warn_once() -> None:
-    warn_unavailable()
+    warnings.warn(
+        f"the CPU attention kernel is unavailable ({_load()}); using the XLA attention",
+        RuntimeWarning,
+        stacklevel=4,
+    )

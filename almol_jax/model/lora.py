@@ -151,7 +151,7 @@ class Linear(nnx.Module):
 
     def __call__(self, x_BTI: jax.Array) -> jax.Array:
         if _mergeable((self,), _rows(x_BTI)):
-            return project((self,), x_BTI)[0]
+            return _merged((self,), x_BTI)[0]
         y_BTO = jnp.einsum("...i,io->...o", x_BTI, self.kernel[...].astype(self.dtype))
         if self.lora_a is not None and self.lora_enabled:
             x_in = x_BTI if self.lora_dropout is None else self.lora_dropout(x_BTI)
@@ -194,6 +194,25 @@ def _rows(x_BTI: jax.Array) -> int:
     return math.prod(x_BTI.shape[:-1])
 
 
+def _merged(linears: tuple[Linear, ...], x_BTI: jax.Array) -> list[jax.Array]:
+    """The outputs of `linears` on x through merged_lora.merged_project (see `_mergeable`)."""
+    dtype = linears[0].dtype
+    ys = merged_project(
+        x_BTI.reshape(-1, x_BTI.shape[-1]),
+        tuple(m.kernel[...].astype(dtype) for m in linears),
+        jnp.concatenate([m.lora_a[...].astype(dtype) for m in linears], axis=1),
+        tuple(m.lora_b[...].astype(dtype) for m in linears),
+        tuple(float(m.lora_scale) for m in linears),
+    )
+    outs = []
+    for m, y_NO in zip(linears, ys, strict=True):
+        y_BTO = y_NO.reshape(*x_BTI.shape[:-1], y_NO.shape[-1])
+        if m.bias is not None:
+            y_BTO = y_BTO + m.bias[...].astype(m.dtype)
+        outs.append(y_BTO)
+    return outs
+
+
 def project(linears: tuple[Linear, ...], x_BTI: jax.Array) -> list[jax.Array]:
     """`[linear(x) for linear in linears]` for projections that share their input (q/k/v,
     gate/up), with the adapters' down-projections fused into one product.
@@ -206,22 +225,7 @@ def project(linears: tuple[Linear, ...], x_BTI: jax.Array) -> list[jax.Array]:
     or adapters switched off it is exactly the unfused one.
     """
     if _mergeable(linears, _rows(x_BTI)):
-        dtype = linears[0].dtype
-        x_NI = x_BTI.reshape(-1, x_BTI.shape[-1])
-        ys = merged_project(
-            x_NI,
-            tuple(m.kernel[...].astype(dtype) for m in linears),
-            jnp.concatenate([m.lora_a[...].astype(dtype) for m in linears], axis=1),
-            tuple(m.lora_b[...].astype(dtype) for m in linears),
-            tuple(float(m.lora_scale) for m in linears),
-        )
-        outs = []
-        for m, y_NO in zip(linears, ys, strict=True):
-            y_BTO = y_NO.reshape(*x_BTI.shape[:-1], y_NO.shape[-1])
-            if m.bias is not None:
-                y_BTO = y_BTO + m.bias[...].astype(m.dtype)
-            outs.append(y_BTO)
-        return outs
+        return _merged(linears, x_BTI)
     fusable = len(linears) > 1 and all(
         m.lora_a is not None and m.lora_enabled and m.lora_dropout is None for m in linears
     )
