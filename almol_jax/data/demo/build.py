@@ -181,59 +181,11 @@ def _build_into(params: DemoParams, paths: DemoPaths, *, progress: bool) -> None
         scaffolds.append(murcko_scaffold(m.smiles))
     t_captions = time.perf_counter()
     split_idx = scaffold_split(scaffolds, fractions=params.split_fractions, seed=params.seed)
-    report_splits: dict[str, dict] = {}
-    for split in SPLITS:
-        idx = split_idx[split]
-        smiles = [molecules[i].smiles for i in idx]
-        caps = [captions[i] for i in idx]
-        triplets: list[dict] = []
-        sims = np.zeros(0)
-        if len(idx) >= 2:
-
-            def rejected_caption(i: int, j: int, idx=idx) -> str:
-                """Molecule j's facts in molecule i's caption style."""
-                return render(facts[idx[j]], styles[idx[i]], params)
-
-            neighbour_N, sims = nearest_neighbours(
-                smiles,
-                caps,
-                radius=params.fp_radius,
-                n_bits=params.fp_bits,
-                progress=progress,
-                rejected_caption=rejected_caption,
-            )
-            for i, j in enumerate(neighbour_N):
-                triplets.append(
-                    {
-                        "source": smiles[i],
-                        "chosen": caps[i],
-                        "rejected": rejected_caption(i, int(j)),
-                        "direction": DIRECTIONS[0],
-                    }
-                )
-                triplets.append(
-                    {
-                        "source": caps[i],
-                        "chosen": smiles[i],
-                        "rejected": smiles[j],
-                        "direction": DIRECTIONS[1],
-                    }
-                )
-        _write_jsonl(paths.preferences[split], triplets)
-        _write_jsonl(
-            paths.pairs[split],
-            [
-                {"CID": molecules[i].mol_id, "SMILES": smiles[k], "description": caps[k]}
-                for k, i in enumerate(idx)
-            ],
-        )
-        report_splits[split] = {
-            "molecules": len(idx),
-            "scaffolds": len({scaffolds[i] for i in idx}),
-            "acyclic": sum(1 for i in idx if not scaffolds[i]),
-            "triplets": len(triplets),
-            "neighbour_tanimoto": _stats(sims),
-        }
+    corpus = _Corpus(molecules, facts, styles, captions, scaffolds)
+    report_splits = {
+        split: _write_split(corpus, split_idx[split], split, params, paths, progress=progress)
+        for split in SPLITS
+    }
     t_neighbours = time.perf_counter()
     train = split_idx["train"]
     train_sentencepiece(
@@ -244,35 +196,108 @@ def _build_into(params: DemoParams, paths: DemoPaths, *, progress: bool) -> None
         vocab_size=params.vocab_size,
     )
     t_tokenizer = time.perf_counter()
+    report = _report(corpus, counts, report_splits, params, paths)
+    report["seconds"] = {
+        "captions": round(t_captions - t0, 3),
+        "splits_neighbours": round(t_neighbours - t_captions, 3),
+        "tokenizer": round(t_tokenizer - t_neighbours, 3),
+        "total": round(time.perf_counter() - t0, 3),
+    }
+    paths.report.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Corpus:
+    """Every molecule of the build with its facts, caption style, caption and scaffold."""
+
+    molecules: list
+    facts: list
+    styles: list
+    captions: list[str]
+    scaffolds: list[str]
+
+
+def _write_split(
+    corpus: _Corpus, idx, split: str, params: DemoParams, paths: DemoPaths, *, progress: bool
+) -> dict:
+    """Writes one split's preference triplets (nearest-neighbour rejections) and pairs; returns
+    the split's entry of the build report."""
+    smiles = [corpus.molecules[i].smiles for i in idx]
+    caps = [corpus.captions[i] for i in idx]
+    triplets: list[dict] = []
+    sims = np.zeros(0)
+    if len(idx) >= 2:
+
+        def rejected_caption(i: int, j: int) -> str:
+            """Molecule j's facts in molecule i's caption style."""
+            return render(corpus.facts[idx[j]], corpus.styles[idx[i]], params)
+
+        neighbour_N, sims = nearest_neighbours(
+            smiles,
+            caps,
+            radius=params.fp_radius,
+            n_bits=params.fp_bits,
+            progress=progress,
+            rejected_caption=rejected_caption,
+        )
+        for i, j in enumerate(neighbour_N):
+            triplets.append(
+                {
+                    "source": smiles[i],
+                    "chosen": caps[i],
+                    "rejected": rejected_caption(i, int(j)),
+                    "direction": DIRECTIONS[0],
+                }
+            )
+            triplets.append(
+                {
+                    "source": caps[i],
+                    "chosen": smiles[i],
+                    "rejected": smiles[j],
+                    "direction": DIRECTIONS[1],
+                }
+            )
+    _write_jsonl(paths.preferences[split], triplets)
+    _write_jsonl(
+        paths.pairs[split],
+        [
+            {"CID": corpus.molecules[i].mol_id, "SMILES": smiles[k], "description": caps[k]}
+            for k, i in enumerate(idx)
+        ],
+    )
+    return {
+        "molecules": len(idx),
+        "scaffolds": len({corpus.scaffolds[i] for i in idx}),
+        "acyclic": sum(1 for i in idx if not corpus.scaffolds[i]),
+        "triplets": len(triplets),
+        "neighbour_tanimoto": _stats(sims),
+    }
+
+
+def _report(corpus: _Corpus, counts, report_splits, params: DemoParams, paths: DemoPaths) -> dict:
+    """The build report (report.json) without its timings."""
     sp = sentencepiece.SentencePieceProcessor(
         model_file=str(paths.tokenizer_dir / "tokenizer.model")
     )
-    caption_tokens = np.array([len(ids) for ids in sp.encode(captions)])
-    smiles_tokens = np.array([len(ids) for ids in sp.encode([m.smiles for m in molecules])])
-    words = np.array([len(c.split()) for c in captions])
-    report = {
+    caption_tokens = np.array([len(ids) for ids in sp.encode(corpus.captions)])
+    smiles_tokens = np.array([len(ids) for ids in sp.encode([m.smiles for m in corpus.molecules])])
+    words = np.array([len(c.split()) for c in corpus.captions])
+    return {
         "format_version": FORMAT_VERSION,
         "source": str(Path(params.source) if params.source else nci_path()),
         "params": dataclasses.asdict(params),
         "versions": {"rdkit": rdkit.__version__, "sentencepiece": sentencepiece.__version__},
         "molecules": dataclasses.asdict(counts),
-        "scaffolds": len(set(scaffolds)),
+        "scaffolds": len(set(corpus.scaffolds)),
         "splits": report_splits,
-        "captions": {"distinct": len(set(captions)), "words": _stats(words)},
+        "captions": {"distinct": len(set(corpus.captions)), "words": _stats(words)},
         "tokenizer": {
             "vocab_size": sp.get_piece_size(),
             "dir": "tokenizer",
             "caption_tokens": _stats(caption_tokens),
             "smiles_tokens": _stats(smiles_tokens),
         },
-        "seconds": {
-            "captions": round(t_captions - t0, 3),
-            "splits_neighbours": round(t_neighbours - t_captions, 3),
-            "tokenizer": round(t_tokenizer - t_neighbours, 3),
-            "total": round(time.perf_counter() - t0, 3),
-        },
     }
-    paths.report.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
 
 
 def render(facts, style: CaptionStyle, params: DemoParams) -> str:
