@@ -4,7 +4,8 @@ One JSON object per logged step, keys as TRL logs them (loss, nll_loss, rewards/
 rewards/rejected, rewards/accuracies, rewards/margins, logps/chosen, logps/rejected, grad_norm,
 lr, tokens_per_sec, step); validation records carry the same names prefixed "eval/" (eval/loss,
 eval/rewards/accuracies, ...). Only process 0 writes. Weights & Biases is imported lazily and
-only when a project is configured.
+only when a project is configured. `truncate_metrics` drops the records a resumed run will write
+again.
 """
 
 from __future__ import annotations
