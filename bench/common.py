@@ -98,28 +98,36 @@ def _causal_pairs(n: int) -> int:
     return n * (n + 1) // 2
 
 
+LAYOUTS = ("plain", "unshared", "prefix_shared")
+
+
+def _check_layout(layout: str) -> None:
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown {layout=}; expected one of {LAYOUTS}")
+
+
 def attended_pairs(s: BenchShape, layout: str) -> int:
-    """(query, key) pairs attended per step for a layout: 'plain' (TRL) or 'prefix_shared'."""
+    """(query, key) pairs attended per step for a layout: 'plain' (TRL: two rows per pair),
+    'unshared' (ours: one row, prompt + chosen and prompt + rejected as two groups: the same
+    pairs) or 'prefix_shared' (ours: one row, the prompt once)."""
+    _check_layout(layout)
     p, c, r = s.prompt_len, s.chosen_len, s.rejected_len
-    if layout == "plain":
-        return s.pairs * (_causal_pairs(p + c) + _causal_pairs(p + r))
     if layout == "prefix_shared":
         # prompt causally; each response token sees the whole prompt and its own earlier tokens
         return s.pairs * (_causal_pairs(p) + c * p + _causal_pairs(c) + r * p + _causal_pairs(r))
-    raise ValueError(f"unknown {layout=}; expected 'plain' or 'prefix_shared'")
+    return s.pairs * (_causal_pairs(p + c) + _causal_pairs(p + r))
 
 
 def processed_tokens(s: BenchShape, layout: str) -> int:
-    """Tokens the model runs per step: the prompt twice (plain) or once (prefix_shared)."""
-    if layout == "plain":
-        return s.trl_tokens_per_step
+    """Tokens the model runs per step: the prompt twice (plain, unshared) or once (prefix_shared)."""
+    _check_layout(layout)
     if layout == "prefix_shared":
         return s.pairs * (s.prompt_len + s.chosen_len + s.rejected_len)
-    raise ValueError(f"unknown {layout=}; expected 'plain' or 'prefix_shared'")
+    return s.trl_tokens_per_step
 
 
 def label_query_pairs(s: BenchShape) -> int:
-    """(query, key) pairs of the label positions only (prefix-shared rows): the hidden state
+    """(query, key) pairs of the label positions only (ours, either layout): the hidden state
     before each response token, i.e. the prompt's last token and all but the last token of the
     response, each seeing the prompt and its response so far."""
     p, c, r = s.prompt_len, s.chosen_len, s.rejected_len
@@ -138,7 +146,7 @@ def train_step_flops(
 
     Returns {"forward", "backward", "total"}. `response_only_logits` counts the lm_head only at
     the label positions (chosen + rejected tokens) instead of at every processed position;
-    `label_queries_last` (ours, prefix-shared) counts the last layer's q/o/MLP projections and
+    `label_queries_last` (ours) counts the last layer's q/o/MLP projections and
     its attention at the label positions only (k and v still at every position);
     `merged_lora` (ours) counts LoRA as model/merged_lora.py computes it (module docstring).
     """

@@ -1,7 +1,7 @@
 """Train-step benchmark: our jitted CPO step against TRL's CPOTrainer (PyTorch + PEFT), one run.
 
     python bench/train_step.py --shape cpo-small --vs-trl
-    python bench/train_step.py --shape cpo-d512 --layout prefix_shared
+    python bench/train_step.py --shape cpo-d512 --layout unshared
 
 Each system runs in its own worker process (so each one's peak RSS is its own and their thread
 pools never compete); the parent interleaves rounds (TRL k steps, ours k steps, matmul peak, ...)
@@ -210,7 +210,7 @@ class OursSystem:
 
         from almol_jax import xla_cpu_options
         from almol_jax.config.schema import ObjectiveSection
-        from almol_jax.data.prefix_sharing import plain_batch, prefix_share_batch
+        from almol_jax.data.prefix_sharing import plain_batch, plain_to_indexed
         from almol_jax.model.build import build_model
         from almol_jax.model.config import ModelConfig
         from almol_jax.model.lora import LoraConfig, LoRAParam
@@ -251,9 +251,8 @@ class OursSystem:
         self.batches = []
         for i in range(self.num_batches):
             plain = plain_batch(triplets[i * s.pairs : (i + 1) * s.pairs])
-            self.batches.append(
-                prefix_share_batch(plain) if self.layout == "prefix_shared" else plain
-            )
+            share = self.layout == "prefix_shared"
+            self.batches.append(plain_to_indexed(plain, share_prefix=share))
         self.i = 0
         return {"layout": self.layout, "row_shape": list(np.shape(self.batches[0]["input_ids"]))}
 
@@ -383,7 +382,7 @@ def figures(
         shape,
         layout,
         response_only_logits=ours,
-        label_queries_last=ours and layout == "prefix_shared",
+        label_queries_last=ours,
         merged_lora=ours and shape.dtype == "float32",
     )["total"]
     return {
@@ -408,7 +407,12 @@ def main() -> None:
         "--vs-trl", action="store_true", help="also run TRL CPOTrainer, interleaved"
     )
     parser.add_argument("--no-ours", action="store_true", help="run only TRL (with --vs-trl)")
-    parser.add_argument("--layout", default="prefix_shared", choices=["plain", "prefix_shared"])
+    parser.add_argument(
+        "--layout",
+        default="prefix_shared",
+        choices=["prefix_shared", "unshared"],
+        help="our rows: the prompt once per pair, or prompt + chosen and prompt + rejected",
+    )
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps-per-round", type=int, default=4)
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per system first")

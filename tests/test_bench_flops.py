@@ -1,4 +1,5 @@
-"""bench/common.py's FLOP convention counted against the real prefix-shared batch."""
+"""bench/common.py's FLOP convention counted against the real indexed batches (prefix-shared and
+unshared rows, as bench/train_step.py builds them)."""
 
 from __future__ import annotations
 
@@ -10,11 +11,12 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from almol_jax.data.prefix_sharing import plain_batch, prefix_share_batch  # noqa: E402
+from almol_jax.data.prefix_sharing import plain_batch, plain_to_indexed  # noqa: E402
 from bench.common import (  # noqa: E402
     SHAPES,
     attended_pairs,
     label_query_pairs,
+    processed_tokens,
     train_step_flops,
 )
 from bench.train_step import random_triplets  # noqa: E402
@@ -31,13 +33,16 @@ def _visible_BTS(batch) -> np.ndarray:
     return causal & same_seg & role_ok & valid[:, None, :] & valid[:, :, None]
 
 
+@pytest.mark.parametrize("layout", ["prefix_shared", "unshared"])
 @pytest.mark.parametrize("name", ["tiny", "cpo-small"])
-def test_pair_counts_match_the_batch_masks(name):
+def test_pair_counts_match_the_batch_masks(name, layout):
     s = SHAPES[name]
-    batch = prefix_share_batch(plain_batch(random_triplets(s, s.pairs, seed=0)))
+    plain = plain_batch(random_triplets(s, s.pairs, seed=0))
+    batch = plain_to_indexed(plain, share_prefix=layout == "prefix_shared")
     batch = {k: np.asarray(v) for k, v in batch.items()}
     visible = _visible_BTS(batch)
-    assert int(visible.sum()) == attended_pairs(s, "prefix_shared")
+    assert int(visible.sum()) == attended_pairs(s, layout)
+    assert int(batch["attention_mask"].sum()) == processed_tokens(s, layout)
     # the last layer's queries: the label sources (padding label slots excluded)
     used = batch["label_role"] > 0
     rows = [visible[b, batch["label_src"][b][used[b]]].sum() for b in range(len(visible))]

@@ -10,17 +10,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from plain_oracle import plain_response_logprobs
 
-from almol_jax.data.prefix_sharing import plain_batch, prefix_share_batch
+from almol_jax.data.prefix_sharing import plain_batch, plain_to_indexed
 from almol_jax.model.build import build_model
 from almol_jax.model.config import ModelConfig
 from almol_jax.train.chunked_logprobs import (
     _chunk_size,
-    indexed_response_logprobs,
     label_logprobs,
     lm_head_weight,
+    response_logprobs,
 )
-from almol_jax.train.logprobs import response_logprobs
 
 
 def _inputs(seed, b=3, n_lab=5, d=16, vp=384):
@@ -116,12 +116,14 @@ def test_indexed_matches_plain_with_padded_vocab(tie):
     ids = lambda k: rng.integers(3, 300, k).tolist()  # noqa: E731
     triplets = [([1] + ids(4), ids(3) + [2], ids(5) + [2]), ([1] + ids(2), ids(1) + [2], [2])]
     plain = {k: jnp.asarray(v) for k, v in plain_batch(triplets).items()}
-    shared = {k: jnp.asarray(v) for k, v in prefix_share_batch(plain_batch(triplets)).items()}
     model_fn = nnx.jit(
-        lambda m, b, **kw: indexed_response_logprobs(m, b, **kw), static_argnames="vocab_chunk"
+        lambda m, b, **kw: response_logprobs(m, b, **kw), static_argnames="vocab_chunk"
     )
-    want = response_logprobs(model, plain)
-    for chunk in (128, 8192):
-        got = model_fn(model, shared, vocab_chunk=chunk)
-        for a, b in zip(got, want, strict=True):
-            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
+    want = plain_response_logprobs(model, plain)
+    for share in (True, False):
+        indexed = plain_to_indexed(plain_batch(triplets), share_prefix=share)
+        batch = {k: jnp.asarray(v) for k, v in indexed.items()}
+        for chunk in (128, 8192):
+            got = model_fn(model, batch, vocab_chunk=chunk)
+            for a, b in zip(got, want, strict=True):
+                np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)

@@ -1,7 +1,8 @@
 """Packing several examples per row (issue 8): layout, isolation, and equality with plain rows.
 
 The packed step (several triplets per row, segment ids, positions restarting, response-position
-logits) must give the plain step's losses, rewards and gradients (two rows per pair, full logits).
+logits) must give the plain-layout oracle's losses, rewards and gradients (two rows per pair, full
+logits; tests/plain_oracle.py).
 """
 
 import jax
@@ -13,10 +14,11 @@ from flax import nnx
 
 from almol_jax.data.packing import pack_sft, pack_triplets, packing_efficiency, plan_rows
 from almol_jax.data.prefix_sharing import Group, plain_batch
-from almol_jax.train.chunked_logprobs import indexed_response_logprobs
+from almol_jax.train.chunked_logprobs import response_logprobs
 from tests.test_prefix_sharing import (
     assert_trees_close,
     loss_metrics_grads,
+    plain_loss_metrics_grads_of,
     random_triplets,
     tiny_model,
 )
@@ -59,7 +61,7 @@ def test_packed_equals_plain_losses_rewards_grads(share_prefix):
         triplets, row_len=64, label_len=32, max_slots=4, rows=3, share_prefix=share_prefix
     )
     assert packed["pair_mask"].sum() == 6 and packed["pair_mask"].shape == (3, 4)
-    loss_p, met_p, g_p = loss_metrics_grads(graphdef, lora, rest, plain_batch(triplets))
+    loss_p, met_p, g_p = plain_loss_metrics_grads_of(graphdef, lora, rest, plain_batch(triplets))
     loss_k, met_k, g_k = loss_metrics_grads(graphdef, lora, rest, packed)
     np.testing.assert_allclose(float(loss_k), float(loss_p), rtol=1e-5, atol=1e-7)
     for name in ("rewards/chosen", "rewards/rejected", "rewards/margins", "nll_loss"):
@@ -76,7 +78,7 @@ def test_packed_groups_are_isolated_and_per_pair_sums_land_in_their_slot():
     trip = [([1, 5, 6], [7, 2], [8, 2]), ([1, 9], [10, 11, 2], [12, 2])]
     alone, _ = pack_triplets(trip[:1], row_len=24, label_len=12, max_slots=2, rows=1)
     both, where = pack_triplets(trip, row_len=24, label_len=12, max_slots=2, rows=1)
-    fn = jax.jit(lambda b: indexed_response_logprobs(nnx.merge(graphdef, lora, rest), b))
+    fn = jax.jit(lambda b: response_logprobs(nnx.merge(graphdef, lora, rest), b))
     la = fn({k: jnp.asarray(v) for k, v in alone.items()})[0]
     lb = fn({k: jnp.asarray(v) for k, v in both.items()})[0]
     slots = 2
@@ -95,7 +97,7 @@ def test_sft_packing_nll_equals_separate_rows():
     assert packed["input_ids"].shape[0] == 1
     model = nnx.merge(graphdef, lora, rest)
     batch = {k: jnp.asarray(v) for k, v in packed.items()}
-    _, ntok, nll_sum, nll_count = indexed_response_logprobs(model, batch)
+    _, ntok, nll_sum, nll_count = response_logprobs(model, batch)
     want = 0.0
     logp_fn = jax.jit(lambda seq: jax.nn.log_softmax(model(seq)[0], axis=-1))
     for p, r in pairs:

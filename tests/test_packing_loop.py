@@ -1,13 +1,21 @@
 """Packing wired into the training loop (issue 8, data.packing on): the packed iterator serves
 exactly the plain iterator's pairs each step (several per row, rows a multiple of grad_accum x
 shards, two hosts' rows concatenating to one host's batch), and short CPO and SFT runs with
-packing on log the same per-step losses as the same runs with it off."""
+packing on log the same per-step losses as the same runs with it off (one pair per row), the
+first step's equal to the plain-layout oracle's."""
 
 from collections import Counter
 
 import numpy as np
 import pytest
-from train_runs import TINY, assert_hosts_concatenate, overrides, three_step_run
+from train_runs import (
+    TINY,
+    assert_hosts_concatenate,
+    overrides,
+    plain_oracle_first_step,
+    three_step_config,
+    three_step_run,
+)
 
 from almol_jax.config import load_config
 from almol_jax.data.batching import BatchIterator
@@ -85,7 +93,7 @@ def test_an_example_longer_than_a_row_is_named(tmp_path):
 
 def _run(tmp_path, name, *extra):
     def slots(batch):
-        return batch["pair_mask"].shape[1] if "label_src" in batch else 0
+        return batch["pair_mask"].shape[1]
 
     return three_step_run(tmp_path / name, slots, "train.micro_batch_size=4", *extra)
 
@@ -95,10 +103,15 @@ def test_run_with_packing_logs_the_same_losses(tmp_path, objective):
     common = (f"objective.name={objective}", "train.grad_accum=2", "data.pack_max_pairs=3")
     off_train, off_eval, off_seen = _run(tmp_path, "off", *common)
     on_train, on_eval, on_seen = _run(tmp_path, "on", *common, "data.packing=on")
-    assert off_seen == [0] * 3 and on_seen == [3] * 3  # the packed layout really ran
+    assert off_seen == [1] * 3 and on_seen == [3] * 3  # the packed layout really ran
     keys = KEYS if objective == "cpo" else ("loss", "nll_loss", "grad_norm")
     for a, b in zip(on_train, off_train, strict=True):
         for key in keys:
             np.testing.assert_allclose(a[key], b[key], rtol=2e-5, atol=1e-6, err_msg=key)
     assert len(on_eval) == len(off_eval) == 1
     np.testing.assert_allclose(on_eval[0]["eval/loss"], off_eval[0]["eval/loss"], rtol=2e-5)
+    # step 1 (the fresh parameters) against the plain layout's full logits
+    cfg = three_step_config(tmp_path / "oracle", "train.micro_batch_size=4", *common)
+    oracle = plain_oracle_first_step(cfg)
+    for key in keys[:-1]:
+        np.testing.assert_allclose(on_train[0][key], oracle[key], rtol=2e-5, atol=1e-6)

@@ -123,7 +123,7 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_last_good_checkpoint(tm
 
     def poison(step, batch):
         if step == 4:  # the 5th update
-            batch = dict(batch, loss_mask=batch["loss_mask"] * np.float32("nan"))
+            batch = dict(batch, pair_mask=batch["pair_mask"] * np.float32("nan"))
         return batch
 
     with pytest.raises(FloatingPointError, match="non-finite loss at step 5"):

@@ -37,16 +37,11 @@ def overrides(run_dir, *extra: str) -> list[str]:
     return [*SMALL, f"output_dir={run_dir}", *extra]
 
 
-def three_step_run(run_dir, record, *extra: str):
-    """Trains configs/tiny.yaml (SMALL overrides) for 3 steps in this process, validating once.
-
-    `record(batch)` is called on every host batch; returns (train records, eval records, the
-    values `record` returned)."""
+def three_step_config(run_dir, *extra: str):
+    """configs/tiny.yaml (SMALL overrides) for 3 steps, validating once (three_step_run)."""
     from almol_jax.config import load_config
-    from almol_jax.train.loop import run_training
-    from almol_jax.train.metrics_log import read_metrics
 
-    cfg = load_config(
+    return load_config(
         TINY,
         overrides(
             run_dir,
@@ -58,6 +53,17 @@ def three_step_run(run_dir, record, *extra: str):
             *extra,
         ),
     )
+
+
+def three_step_run(run_dir, record, *extra: str):
+    """Trains three_step_config(run_dir, *extra) in this process.
+
+    `record(batch)` is called on every host batch; returns (train records, eval records, the
+    values `record` returned)."""
+    from almol_jax.train.loop import run_training
+    from almol_jax.train.metrics_log import read_metrics
+
+    cfg = three_step_config(run_dir, *extra)
     seen = []
 
     def hook(step, batch):
@@ -68,6 +74,32 @@ def three_step_run(run_dir, record, *extra: str):
     assert summary["step"] == 3
     records = read_metrics(run_dir)
     return [r for r in records if "loss" in r], [r for r in records if "eval/loss" in r], seen
+
+
+def plain_oracle_first_step(cfg) -> dict[str, float]:
+    """The metrics of a run's first update from the plain-layout oracle (tests/plain_oracle.py):
+    the first planned global batch in the plain layout (BatchIterator), scored with the fresh
+    model's full logits. The loop logs step 1 from these parameters and these pairs."""
+    from flax import nnx
+    from plain_oracle import plain_objective_terms
+
+    from almol_jax.data.batching import BatchIterator
+    from almol_jax.data.report import DataReport
+    from almol_jax.data.tokenize import prepare_split
+    from almol_jax.data.tokenizer import load_tokenizer
+    from almol_jax.train.loop import step_settings
+    from almol_jax.train.optimizer import trainable_filter
+    from almol_jax.train.setup import build_run_model
+
+    tokenizer = load_tokenizer(cfg.tokenizer)
+    examples = prepare_split(cfg, tokenizer, "train", DataReport())
+    plain = next(BatchIterator.from_config(cfg, examples, tokenizer, train=True))
+    graphdef, trainable, frozen = nnx.split(
+        build_run_model(cfg), trainable_filter(cfg.lora.enabled), ...
+    )
+    settings = step_settings(cfg, total_steps=int(cfg.train.steps))
+    _, metrics = plain_objective_terms(graphdef, trainable, frozen, plain, settings)
+    return {k: float(v) for k, v in metrics.items()}
 
 
 def env_with_devices(count: int) -> dict[str, str]:

@@ -14,9 +14,9 @@ part of that global batch in the plain layout of docs/DESIGN.md (numpy):
 
 G_h = G / process_count: host h holds pairs [h G_h, (h+1) G_h) of the global batch (contiguous
 blocks in process order; G must divide by the process count). Every host tokenises the whole
-split and builds the same plan from the same seed, then materialises only its pairs. The train
-step assembles the global arrays (chosen halves and rejected halves of all hosts) and splits the
-G pairs into grad_accum micro-batches itself (almol_jax.train.step.split_micro_batches).
+split and builds the same plan from the same seed, then materialises only its pairs. The plain
+layout is the tests' oracle; training takes the indexed layout from iterators that wrap this one
+and follow its plan (almol_jax.data.prefix_sharing.PairRowIterator, packing.PackedIterator).
 
 A padding pair's rows are BOS then padding (attention on the first position only, loss_mask 0).
 A pair without a rejected response (SFT on (molecule, caption) pairs) repeats the chosen tokens

@@ -28,23 +28,13 @@ import numpy as np
 from almol_jax.data.plan_iterator import PlanFollowingIterator
 from almol_jax.data.prefix_sharing import (
     ROLE_CHOSEN,
-    ROLE_REJECTED,
     Group,
     bucket_up,
     empty_indexed,
     example_groups,
-    triplet_group,
+    triplet_groups,
     write_group,
 )
-
-
-def _groups_of_triplet(prompt, chosen, rejected, share_prefix: bool) -> list[Group]:
-    if share_prefix:
-        return [triplet_group(prompt, chosen, rejected)]
-    return [
-        Group(tuple(prompt), ((ROLE_CHOSEN, tuple(chosen)),)),
-        Group(tuple(prompt), ((ROLE_REJECTED, tuple(rejected)),)),
-    ]
 
 
 def plan_rows(
@@ -123,7 +113,7 @@ def pack_triplets(
     pad_id: int = 0,
 ):
     """Packs (prompt, chosen, rejected) id lists; see the module docstring."""
-    examples = [_groups_of_triplet(p, c, r, share_prefix) for p, c, r in triplets]
+    examples = [triplet_groups(p, c, r, share_prefix=share_prefix) for p, c, r in triplets]
     return pack_examples(
         examples,
         row_len=row_len,

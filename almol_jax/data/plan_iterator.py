@@ -3,8 +3,8 @@
 `PlanFollowingIterator` wraps a plain `almol_jax.data.batching.BatchIterator` and follows its
 plan: the same pairs in the same order per step, the same resumable `state()`/`restore()`, the
 same epochs; a subclass only says how one planned global batch becomes this host's arrays
-(`batch(epoch, position)`): one prefix-shared row per pair (prefix_sharing.PrefixSharedIterator)
-or several pairs per row (packing.PackedIterator).
+(`batch(epoch, position)`): one row per pair (prefix_sharing.PairRowIterator) or several pairs
+per row (packing.PackedIterator).
 """
 
 from __future__ import annotations

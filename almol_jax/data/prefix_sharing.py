@@ -21,13 +21,16 @@ The "indexed" batch layout (docs/DESIGN.md) that prefix sharing and packing prod
   pair_mask       float32[Bt, Ps] 1 where a row's slot holds a real pair
 
 Pair p = row * Ps + slot. Per-pair sums come out as chosen_logps[Bt*Ps], rejected_logps[Bt*Ps]
-(almol_jax.train.chunked_logprobs). With Ps = 1 and one group per row this is the plain
-prefix-shared layout; almol_jax.data.packing fills rows with several groups.
+(almol_jax.train.chunked_logprobs). This is the only layout training uses. With Ps = 1 a row
+holds one pair: prefix-shared (one group: prompt, chosen, rejected) or unshared (two groups:
+prompt + chosen, prompt + rejected, the same slot); an SFT example is one group (prompt +
+response). almol_jax.data.packing fills rows with several pairs.
 
-`prefix_share_batch(plain_batch)` converts a plain batch (rows 0..B-1 chosen, B..2B-1 rejected,
-docs/DESIGN.md) on the host; `write_group` writes groups (prompt + responses) into rows.
-`PrefixSharedIterator` wraps the training loop's plain BatchIterator (data.prefix_sharing on):
-same plan and resumable state, one indexed row per pair built from the tokenised examples.
+`plain_to_indexed(plain_batch)` converts a plain batch (rows 0..B-1 chosen, B..2B-1 rejected,
+docs/DESIGN.md; what `plain_batch` builds, and the tests' oracle layout) on the host;
+`write_group` writes groups (prompt + responses) into rows. `PairRowIterator` wraps the training
+loop's plain BatchIterator (the planner): same plan and resumable state, one indexed row per pair
+built from the tokenised examples, prefix-shared or not (data.prefix_sharing, `use_prefix_sharing`).
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from almol_jax.data.plan_iterator import PlanFollowingIterator
+from almol_jax.train.losses import PAIR_OBJECTIVES
 
 ROLE_PROMPT, ROLE_CHOSEN, ROLE_REJECTED = 0, 1, 2
 INDEXED_KEYS = (
@@ -53,7 +57,6 @@ INDEXED_KEYS = (
     "pair_mask",
 )
 PREFIX_SHARING_MODES = ("auto", "on", "off")
-PREFERENCE_OBJECTIVES = ("cpo", "dpo", "ipo", "simpo", "hinge")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,13 +81,18 @@ class Group:
         return sum(len(r) for _, r in self.responses)
 
 
-def triplet_group(prompt, chosen, rejected, slot: int = 0) -> Group:
-    """The prefix-shared group of one (prompt, chosen, rejected) triplet of token-id lists."""
+def triplet_groups(prompt, chosen, rejected, *, share_prefix: bool = True) -> list[Group]:
+    """The groups of one (prompt, chosen, rejected) triplet of token-id lists, slot 0: one
+    prefix-shared group, or (share_prefix=False) prompt + chosen and prompt + rejected."""
     if len(prompt) < 1:
-        raise ValueError(f"prompt of slot {slot} is empty: the first response token needs one")
-    return Group(
-        tuple(prompt), ((ROLE_CHOSEN, tuple(chosen)), (ROLE_REJECTED, tuple(rejected))), slot
-    )
+        raise ValueError("prompt is empty: the first response token needs one")
+    prompt = tuple(prompt)
+    if share_prefix:
+        return [Group(prompt, ((ROLE_CHOSEN, tuple(chosen)), (ROLE_REJECTED, tuple(rejected))))]
+    return [
+        Group(prompt, ((ROLE_CHOSEN, tuple(chosen)),)),
+        Group(prompt, ((ROLE_REJECTED, tuple(rejected)),)),
+    ]
 
 
 def empty_indexed(rows: int, row_len: int, label_len: int, slots: int, pad_id: int = 0):
@@ -219,21 +227,30 @@ def plain_to_triplets(plain_batch) -> tuple[list, np.ndarray]:
     return triplets, pair_mask
 
 
-def prefix_share_batch(plain_batch, *, row_buckets=(), label_buckets=(), pad_id: int = 0):
-    """Plain batch -> prefix-shared indexed batch (numpy), one row per pair, static buckets.
+def plain_to_indexed(
+    plain_batch, *, share_prefix: bool = True, row_buckets=(), label_buckets=(), pad_id: int = 0
+):
+    """Plain batch -> indexed batch (numpy), one row per pair, static buckets.
 
-    Row length = smallest of `row_buckets` >= the longest prompt+chosen+rejected (else rounded up
-    to 64); label length likewise for chosen+rejected. Padding pairs keep pair_mask 0 and no labels.
+    A pair's row holds its prefix-shared group, or with share_prefix=False its two groups (prompt +
+    chosen, prompt + rejected). Row length = smallest of `row_buckets` >= the longest row (else
+    rounded up to 64); label length likewise for chosen+rejected. Padding pairs keep pair_mask 0
+    and no labels.
     """
     triplets, pair_mask = plain_to_triplets(plain_batch)
-    real = [t for t, m in zip(triplets, pair_mask, strict=True) if m > 0]
-    longest = max((len(p) + len(c) + len(r) for p, c, r in real), default=1)
-    most_labels = max((len(c) + len(r) for _, c, r in real), default=1)
+    groups = [
+        triplet_groups(p, c, r, share_prefix=share_prefix) if m > 0 else None
+        for (p, c, r), m in zip(triplets, pair_mask, strict=True)
+    ]
+    real = [gs for gs in groups if gs is not None]
+    longest = max((sum(g.length for g in gs) for gs in real), default=1)
+    most_labels = max((sum(g.num_labels for g in gs) for gs in real), default=1)
     t_len, l_len = bucket_up(longest, row_buckets), bucket_up(most_labels, label_buckets)
     batch = empty_indexed(len(triplets), t_len, l_len, 1, pad_id)
-    for row, ((p, c, r), m) in enumerate(zip(triplets, pair_mask, strict=True)):
-        if m > 0:
-            write_group(batch, row, 0, 0, 1, triplet_group(p, c, r))
+    for row, gs in enumerate(groups):
+        offset = label_offset = 0
+        for segment, group in enumerate(gs or (), start=1):
+            offset, label_offset = write_group(batch, row, offset, label_offset, segment, group)
     return batch
 
 
@@ -242,13 +259,8 @@ def use_prefix_sharing(mode: str, objective: str) -> bool:
     if mode not in PREFIX_SHARING_MODES:
         raise ValueError(f"data.prefix_sharing={mode!r} must be one of {PREFIX_SHARING_MODES}")
     if mode == "auto":
-        return objective in PREFERENCE_OBJECTIVES
+        return objective in PAIR_OBJECTIVES
     return mode == "on"
-
-
-def is_indexed_batch(batch) -> bool:
-    """True for the indexed layout (prefix-shared / packed), False for the plain layout."""
-    return "label_src" in batch
 
 
 def role_mask_BTS(role_ids_BT):
@@ -259,19 +271,25 @@ def role_mask_BTS(role_ids_BT):
     return (role_k_B1S == ROLE_PROMPT) | (role_k_B1S == role_q_BT1)
 
 
-# ---- the training loop's source of indexed batches (data.prefix_sharing on) --------------------
-def example_groups(example) -> list[Group]:
+# ---- the training loop's source of indexed rows, one pair per row -----------------------------
+def example_groups(example, *, share_prefix: bool = True) -> list[Group]:
     """The groups of one tokenised example (almol_jax.data.tokenize.TokenizedExample), slot 0.
 
-    A triplet whose chosen and rejected rows hold the same prompt ids is one prefix-shared group;
-    if the tokeniser merged a prompt's last token with a response differently (the prompts
-    differ) it is two groups (prompt + chosen, prompt + rejected); a pair (SFT) is one group.
+    A triplet whose chosen and rejected rows hold the same prompt ids is one prefix-shared group
+    (share_prefix) or two groups (prompt + chosen, prompt + rejected); if the tokeniser merged a
+    prompt's last token with a response differently (the prompts differ) it is always two groups;
+    a pair (SFT) is one group.
     """
     chosen, rejected = example.chosen, example.rejected
     if rejected is None:
         return [Group(tuple(chosen.prompt_ids), ((ROLE_CHOSEN, tuple(chosen.response_ids)),))]
     if tuple(chosen.prompt_ids) == tuple(rejected.prompt_ids):
-        return [triplet_group(chosen.prompt_ids, chosen.response_ids, rejected.response_ids)]
+        return triplet_groups(
+            chosen.prompt_ids,
+            chosen.response_ids,
+            rejected.response_ids,
+            share_prefix=share_prefix,
+        )
     return [
         Group(tuple(chosen.prompt_ids), ((ROLE_CHOSEN, tuple(chosen.response_ids)),)),
         Group(tuple(rejected.prompt_ids), ((ROLE_REJECTED, tuple(rejected.response_ids)),)),
@@ -299,24 +317,25 @@ def indexed_from_examples(
     return batch
 
 
-class PrefixSharedIterator(PlanFollowingIterator):
+class PairRowIterator(PlanFollowingIterator):
     """Wraps a plain `almol_jax.data.batching.BatchIterator`: same plan, same pairs, same
-    state()/restore(), but each batch comes in the prefix-shared indexed layout (one row per pair).
+    state()/restore(), but each batch comes in the indexed layout, one row per pair (its groups:
+    `example_groups(example, share_prefix=...)`).
 
     Shapes are static per batch and equal on every host: the row length is the smallest of
-    `row_buckets` (the plain bucket lengths) holding the GLOBAL batch's longest prompt + chosen +
-    rejected, else that length rounded up to `multiple`; the label length likewise (multiples of
-    `multiple`). Every host computes them from the whole plan, then builds only its own rows
-    (its contiguous block of pairs), so the global batch is the hosts' rows concatenated.
+    `row_buckets` (the plain bucket lengths) holding the GLOBAL batch's longest row, else that
+    length rounded up to `multiple`; the label length likewise (multiples of `multiple`). Every
+    host computes them from the whole plan, then builds only its own rows (its contiguous block
+    of pairs), so the global batch is the hosts' rows concatenated in process order.
     """
 
-    def __init__(self, inner, *, row_buckets=(), multiple: int = 64):
+    def __init__(self, inner, *, share_prefix: bool = True, row_buckets=(), multiple: int = 64):
         if multiple < 1:
             raise ValueError(f"{multiple=} must be positive")
         super().__init__(inner)
         self.row_buckets = tuple(row_buckets)
         self.multiple = int(multiple)
-        self._groups = [example_groups(ex) for ex in inner.examples]
+        self._groups = [example_groups(ex, share_prefix=share_prefix) for ex in inner.examples]
 
     def sizes(self, indices) -> tuple[int, int]:
         """(row_len, label_len) of the global batch `indices` (PAD_INDEX = -1 for padding)."""

@@ -1,16 +1,21 @@
-"""Log-probs at response positions only, in vocabulary chunks (issue 8).
+"""Log-probs of the response tokens of an indexed batch: response positions only, vocabulary chunks.
+
+`response_logprobs(model, batch)` is the one boundary between the network and the losses. For
+the indexed batch layout of almol_jax.data.prefix_sharing (prefix-shared, unshared or packed
+rows; the only layout training uses) it returns
+
+  logps_sum[2P]  sum over response tokens of log p(token | prefix), P chosen sums then P
+                 rejected (P = rows x pair slots; pair p = row * slots + slot)  (float32)
+  ntok[2P]       number of response tokens per sequence                          (float32)
+  nll_sum        sum of -log p over the CHOSEN response tokens
+  nll_count      number of those tokens
 
 Instead of full [B, T, V] float32 logits, the hidden states at the label positions are gathered
 into a [B, L, D] array (L: a static bucket of response tokens per row) and scored against the
 lm_head: the label's logit is one dot product per label, and the log-normaliser is an online
 logsumexp over chunks of lm_head columns, each chunk under jax.checkpoint so the backward pass
-recomputes the [B, L, C] chunk instead of keeping [B, L, V] float32 alive.
-
-`indexed_response_logprobs(model, batch)` scores the indexed batch layout of
-almol_jax.data.prefix_sharing (prefix-shared and/or packed rows) and returns exactly what
-almol_jax.train.logprobs.response_logprobs returns for the plain layout:
-(logps_sum[2P], ntok[2P], nll_sum, nll_count) with the P chosen sums first, then the P rejected,
-P = rows x pair slots. The helpers at the bottom let the train step treat both layouts alike.
+recomputes the [B, L, C] chunk instead of keeping [B, L, V] float32 alive. The tests check it
+against the plain layout's full-logits log-softmax (tests/plain_oracle.py).
 """
 
 from __future__ import annotations
@@ -18,24 +23,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from almol_jax.data.prefix_sharing import (
-    ROLE_CHOSEN,
-    ROLE_REJECTED,
-    is_indexed_batch,
-    role_mask_BTS,
-)
+from almol_jax.data.prefix_sharing import ROLE_CHOSEN, ROLE_REJECTED, role_mask_BTS
 
-__all__ = [
-    "indexed_response_logprobs",
-    "is_indexed_batch",
-    "label_logprobs",
-    "lm_head_weight",
-    "sums_by_pair",
-    "indexed_num_pairs",
-    "indexed_pair_mask",
-    "indexed_nll_tokens",
-    "split_indexed_micro_batches",
-]
 DEFAULT_VOCAB_CHUNK = 8192
 
 
@@ -106,8 +95,8 @@ def label_logprobs(
     return label_logit_BL - lse_BL
 
 
-def indexed_response_logprobs(model, batch, *, vocab_chunk: int = DEFAULT_VOCAB_CHUNK):
-    """(logps_sum[2P], ntok[2P], nll_sum, nll_count) of an indexed (prefix-shared/packed) batch."""
+def response_logprobs(model, batch, *, vocab_chunk: int = DEFAULT_VOCAB_CHUNK):
+    """(logps_sum[2P], ntok[2P], nll_sum, nll_count) of an indexed batch (module docstring)."""
     h_BLD = model.hidden_states(
         batch["input_ids"],
         batch["attention_mask"],
@@ -145,35 +134,3 @@ def sums_by_pair(logp_BL: jax.Array, batch):
     nll_sum = -jnp.sum(chosen_BL * logp_BL)
     nll_count = jnp.sum(chosen_BL)
     return logps, ntok, nll_sum, nll_count
-
-
-# ---- helpers that let the train step handle the indexed layout next to the plain one ----------
-def indexed_num_pairs(batch) -> int:
-    """Pair slots of an indexed batch (rows x slots): the P of logps_sum[2P]."""
-    return batch["pair_mask"].shape[0] * batch["pair_mask"].shape[1]
-
-
-def indexed_pair_mask(batch) -> jax.Array:
-    """pair_mask flattened to [P], in the order of logps_sum's halves."""
-    return batch["pair_mask"].reshape(-1).astype(jnp.float32)
-
-
-def indexed_nll_tokens(batch) -> jax.Array:
-    """Number of chosen response tokens of an indexed batch (float32 scalar)."""
-    return jnp.sum((batch["label_role"] == ROLE_CHOSEN).astype(jnp.float32))
-
-
-def split_indexed_micro_batches(batch, num_micro: int):
-    """Indexed batch -> stacked micro-batches [M, rows/M, ...]; micro m = rows m, m+M, ...
-
-    Rows hold whole pairs (label slots are row-local), so splitting rows needs no remapping.
-    """
-    rows = batch["input_ids"].shape[0]
-    if rows % num_micro:
-        raise ValueError(
-            f"{rows=} indexed rows do not split into grad_accum={num_micro} micro-batches"
-        )
-    per = rows // num_micro
-    return {
-        k: jnp.swapaxes(v.reshape((per, num_micro) + v.shape[1:]), 0, 1) for k, v in batch.items()
-    }

@@ -3,9 +3,11 @@ resumable training iterator, fresh validation passes, the data report and the st
 
 Thin glue over almol_jax.data (tokenizer, tokenize.prepare_split, batching.BatchIterator,
 report.DataReport); every process tokenises the whole split and materialises its own pairs.
-With `data.prefix_sharing` resolved on (prefix_sharing.use_prefix_sharing: auto = on for the
-pair-scoring objectives), the train and validation iterators yield the prefix-shared indexed
-layout (docs/DESIGN.md; one row per pair) instead of the plain one, from the same plan.
+Batches come in the indexed layout (docs/DESIGN.md), from the plain BatchIterator's plan (the
+same pairs per step, the same resumable state): one row per pair (prefix_sharing.PairRowIterator;
+the prompt shared when `data.prefix_sharing` resolves on, prefix_sharing.use_prefix_sharing: auto
+= on for the pair-scoring objectives) or, with data.packing on, several pairs per row
+(packing.PackedIterator).
 """
 
 from __future__ import annotations
@@ -19,13 +21,21 @@ from typing import Any
 
 import jax
 
+from almol_jax.data.batching import BatchIterator
+from almol_jax.data.packing import PackedIterator
+from almol_jax.data.prefix_sharing import PairRowIterator, use_prefix_sharing
+from almol_jax.data.report import DataReport
+from almol_jax.data.sources import split_files
+from almol_jax.data.tokenize import prepare_split
+from almol_jax.data.tokenizer import load_tokenizer
+
 
 @dataclasses.dataclass
 class RunData:
     """What the loop needs from the data pipeline."""
 
     tokenizer: Any
-    train: Any  # BatchIterator / PrefixSharedIterator: next(), peek(), state(), restore(state)
+    train: Any  # PairRowIterator / PackedIterator: next(), peek(), state(), restore(state)
     validation: Callable[[], Iterator[dict]]  # a fresh one-pass validation iterator
     has_validation: bool
     steps_per_epoch: int
@@ -49,16 +59,9 @@ def build_data(cfg, *, run_dir: str | Path, primary: bool = True, batch_shards: 
     """Reads, tokenises and batches the train/validation splits of a RunConfig.
 
     `batch_shards`: how many devices the batch axis is split over (data x fsdp); packed batches
-    get a row count divisible by it times train.grad_accum.
+    get a row count divisible by it times train.grad_accum; one-pair rows need a global batch
+    (micro_batch_size x grad_accum pairs) divisible by it.
     """
-    from almol_jax.data.batching import BatchIterator
-    from almol_jax.data.packing import PackedIterator
-    from almol_jax.data.prefix_sharing import PrefixSharedIterator, use_prefix_sharing
-    from almol_jax.data.report import DataReport
-    from almol_jax.data.sources import split_files
-    from almol_jax.data.tokenize import prepare_split
-    from almol_jax.data.tokenizer import load_tokenizer
-
     run_dir = Path(run_dir)
     tokenizer = load_tokenizer(cfg.tokenizer)
     if primary:
@@ -71,6 +74,12 @@ def build_data(cfg, *, run_dir: str | Path, primary: bool = True, batch_shards: 
     packing = cfg.data.packing == "on"
     # rows split into micro-batches, each over the batch shards (and hence over the processes)
     row_multiple = cfg.train.grad_accum * math.lcm(batch_shards, jax.process_count())
+    global_batch = cfg.train.micro_batch_size * cfg.train.grad_accum
+    if not packing and global_batch % batch_shards:
+        raise ValueError(
+            f"train.micro_batch_size x train.grad_accum = {global_batch} pairs (one row each) "
+            f"do not split over the {batch_shards} data-parallel devices (mesh data x fsdp)"
+        )
 
     def batches(examples, train: bool):
         plain = BatchIterator.from_config(cfg, examples, tokenizer, train=train, **kw)
@@ -83,7 +92,7 @@ def build_data(cfg, *, run_dir: str | Path, primary: bool = True, batch_shards: 
                 responses="chosen" if cfg.objective.name == "sft" else "both",
                 **kw,
             )
-        return PrefixSharedIterator(plain, row_buckets=plain.lengths) if shared else plain
+        return PairRowIterator(plain, share_prefix=shared, row_buckets=plain.lengths)
 
     train = batches(train_examples, True)
     batching = dict(train.padding_stats())

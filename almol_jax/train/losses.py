@@ -50,6 +50,8 @@ METRIC_NAMES = (
     "logps/rejected",
 )
 OBJECTIVES = ("cpo", "sft", "dpo", "ipo", "simpo", "hinge")
+# the objectives that score a chosen against a rejected response (all but sft)
+PAIR_OBJECTIVES = tuple(name for name in OBJECTIVES if name != "sft")
 AVERAGED = ("ipo", "simpo")  # objectives that use per-token averaged log-probs
 NEEDS_REFERENCE = ("dpo",)
 

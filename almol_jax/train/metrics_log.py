@@ -4,7 +4,8 @@ One JSON object per logged step, keys as TRL logs them (loss, nll_loss, rewards/
 rewards/rejected, rewards/accuracies, rewards/margins, logps/chosen, logps/rejected, grad_norm,
 lr, tokens_per_sec, step); validation records carry the same names prefixed "eval/" (eval/loss,
 eval/rewards/accuracies, ...). Only process 0 writes. Weights & Biases is imported lazily and
-only when a project is configured.
+only when a project is configured. `truncate_metrics` drops the records a resumed run will write
+again.
 """
 
 from __future__ import annotations
@@ -87,3 +88,17 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+
+
+def truncate_metrics(run_dir: str | Path, last_step: int) -> None:
+    """Drops metrics.jsonl records after `last_step` (they belong to the lost, un-checkpointed
+    tail of an interrupted run) so a resumed run's file matches an uninterrupted one."""
+    path = Path(run_dir) / METRICS_FILE
+    if not path.is_file():
+        return
+    kept = [
+        line
+        for line in path.read_text(encoding="utf-8").splitlines()
+        if line and json.loads(line).get("step", 0) <= last_step
+    ]
+    path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")

@@ -1,14 +1,17 @@
 """The pure, jitted train and eval steps: module-level functions of (graphdef, state, frozen, batch).
 
-`train_step` runs chosen and rejected rows in one forward pass, accumulates gradients over
-`grad_accum` micro-batches with `lax.scan`, applies optax AdamW to the trainable variables only
-(LoRA adapters when LoRA is on, every nnx.Param otherwise) and returns the new state and float32
-metrics. Losses and metrics are weighted sums over micro-batches with the GLOBAL normalisers
-(number of real pairs, number of chosen response tokens), so accumulating 4 micro-batches of 2 pairs
-equals one batch of 8 pairs (docs/DESIGN.md, losses contract).
+Batches come in the indexed layout of almol_jax.data.prefix_sharing (one or more pairs per row;
+prefix-shared, unshared or packed), scored by almol_jax.train.chunked_logprobs.response_logprobs.
+`train_step` runs each row's chosen and rejected responses in one forward pass, accumulates
+gradients over `grad_accum` micro-batches with `lax.scan`, applies optax AdamW to the trainable
+variables only (LoRA adapters when LoRA is on, every nnx.Param otherwise) and returns the new
+state and float32 metrics. Losses and metrics are weighted sums over micro-batches with the GLOBAL
+normalisers (number of real pairs, number of chosen response tokens), so accumulating 4
+micro-batches of 2 pairs equals one batch of 8 pairs (docs/DESIGN.md, losses contract).
 
-Micro-batch m holds the pairs m, m+M, m+2M, ... (strided), so that when each micro-batch is
-divisible by the data-parallel size, every device keeps its own rows (no resharding).
+Micro-batch m holds the rows m, m+M, m+2M, ... (strided; a row holds whole pairs), so that when
+each micro-batch is divisible by the data-parallel size, every device keeps its own rows (no
+resharding).
 
 DPO's reference is the same network with the LoRAParam state replaced by zeros, under
 stop_gradient; no base weights are copied.
@@ -32,9 +35,9 @@ import optax
 from flax import nnx, struct
 
 from almol_jax import xla_cpu_options
-from almol_jax.train import chunked_logprobs as indexed
+from almol_jax.data.prefix_sharing import ROLE_CHOSEN
 from almol_jax.train import losses
-from almol_jax.train.logprobs import response_logprobs
+from almol_jax.train.chunked_logprobs import response_logprobs
 
 
 @struct.dataclass
@@ -56,49 +59,30 @@ class StepSettings:
     schedule: Any  # optax schedule, for the lr metric
 
 
-def _pair_mask(batch) -> jax.Array:
-    if indexed.is_indexed_batch(batch):  # prefix-shared / packed layout (issue 8)
-        return indexed.indexed_pair_mask(batch)
-    num_pairs = batch["input_ids"].shape[0] // 2
-    if "pair_mask" in batch:
-        return batch["pair_mask"].astype(jnp.float32)
-    return jnp.ones((num_pairs,), jnp.float32)
+def pair_mask(batch) -> jax.Array:
+    """pair_mask [rows, slots] flattened to [P] (float32), in the order of logps_sum's halves."""
+    return batch["pair_mask"].reshape(-1).astype(jnp.float32)
 
 
 def global_normalisers(batch) -> tuple[jax.Array, jax.Array]:
     """(number of real pairs, number of chosen response tokens) of a whole (global) batch."""
-    pairs = jnp.sum(_pair_mask(batch))
-    if indexed.is_indexed_batch(batch):
-        nll_tokens = indexed.indexed_nll_tokens(batch)
-    else:
-        num_pairs = batch["input_ids"].shape[0] // 2
-        nll_tokens = jnp.sum(batch["loss_mask"][:num_pairs, 1:].astype(jnp.float32))
+    pairs = jnp.sum(pair_mask(batch))
+    nll_tokens = jnp.sum((batch["label_role"] == ROLE_CHOSEN).astype(jnp.float32))
     return jnp.maximum(pairs, 1.0), jnp.maximum(nll_tokens, 1.0)
 
 
 def split_micro_batches(batch, num_micro: int):
-    """Global batch (2B rows) -> stacked micro-batches [M, 2B/M, ...]; micro m = pairs m::M."""
-    if indexed.is_indexed_batch(batch):  # rows hold whole pairs: split rows m::M
-        return indexed.split_indexed_micro_batches(batch, num_micro)
-    num_pairs = batch["input_ids"].shape[0] // 2
-    if num_pairs % num_micro:
-        raise ValueError(
-            f"{num_pairs=} pairs do not split into grad_accum={num_micro} micro-batches"
-        )
-    per = num_pairs // num_micro
+    """Global batch -> stacked micro-batches [M, rows/M, ...]; micro m = rows m, m+M, ...
 
-    def rows(x):  # [B, ...] -> [M, B/M, ...] with micro m = rows m, m+M, ...
-        return jnp.swapaxes(x.reshape((per, num_micro) + x.shape[1:]), 0, 1)
-
-    out = {}
-    for key, value in batch.items():
-        if key == "pair_mask":
-            out[key] = rows(value)
-        else:
-            out[key] = jnp.concatenate([rows(value[:num_pairs]), rows(value[num_pairs:])], axis=1)
-    if "pair_mask" not in out:
-        out["pair_mask"] = jnp.ones((num_micro, per), jnp.float32)
-    return out
+    Rows hold whole pairs (label slots are row-local), so splitting rows needs no remapping.
+    """
+    rows = batch["input_ids"].shape[0]
+    if rows % num_micro:
+        raise ValueError(f"{rows=} rows do not split into grad_accum={num_micro} micro-batches")
+    per = rows // num_micro
+    return {
+        k: jnp.swapaxes(v.reshape((per, num_micro) + v.shape[1:]), 0, 1) for k, v in batch.items()
+    }
 
 
 def fold_rng_keys(frozen, *data):
@@ -115,31 +99,39 @@ def fold_rng_keys(frozen, *data):
     return jax.tree.map(fold, frozen, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
-def objective_terms(
-    graphdef, trainable, frozen, batch, settings: StepSettings, normalisers, deterministic=False
+def reference_model(graphdef, trainable, frozen):
+    """DPO's reference: the same network with the trainable state zeroed (adapters off), a
+    deterministic view, no gradient through the zeros."""
+    ref_trainable = jax.tree.map(jnp.zeros_like, jax.lax.stop_gradient(trainable))
+    ref_model = nnx.merge(graphdef, ref_trainable, frozen)
+    return nnx.view(ref_model, deterministic=True, raise_if_not_found=False)
+
+
+def pair_loss(
+    logps_2P,
+    ntok_2P,
+    nll_sum,
+    nll_count,
+    pair_mask_P,
+    settings: StepSettings,
+    normalisers,
+    ref=None,
 ):
-    """(loss, metrics) of one (micro-)batch, means taken with the given global normalisers."""
-    model = nnx.merge(graphdef, trainable, frozen)
-    if deterministic:
-        model = nnx.view(model, deterministic=True, raise_if_not_found=False)
-    logps_B, ntok_B, nll_sum, nll_count = response_logprobs(model, batch)
-    num_pairs = logps_B.shape[0] // 2  # plain: 2B rows; indexed: rows x pair slots
+    """(loss, metrics) of per-sequence sums [2P] (P chosen, then P rejected) and the NLL terms,
+    means taken with the given global normalisers; `ref`: the reference's logps [2P] (DPO)."""
+    num_pairs = logps_2P.shape[0] // 2
     args = (
-        logps_B[:num_pairs],
-        logps_B[num_pairs:],
-        ntok_B[:num_pairs],
-        ntok_B[num_pairs:],
+        logps_2P[:num_pairs],
+        logps_2P[num_pairs:],
+        ntok_2P[:num_pairs],
+        ntok_2P[num_pairs:],
         nll_sum,
         nll_count,
-        _pair_mask(batch),
+        pair_mask_P,
         settings.objective,
     )
-    if losses.needs_reference(settings.objective):
-        ref_trainable = jax.tree.map(jnp.zeros_like, jax.lax.stop_gradient(trainable))
-        ref_model = nnx.merge(graphdef, ref_trainable, frozen)
-        ref_model = nnx.view(ref_model, deterministic=True, raise_if_not_found=False)
-        ref_logps_B = jax.lax.stop_gradient(response_logprobs(ref_model, batch)[0])
-        args = args + (ref_logps_B[:num_pairs], ref_logps_B[num_pairs:])
+    if ref is not None:
+        args = args + (ref[:num_pairs], ref[num_pairs:])
     pairs, nll_tokens = normalisers
     loss, metrics = losses.get_loss_fn(settings.objective)(
         *args, num_pairs=pairs, nll_denominator=nll_tokens
@@ -147,6 +139,23 @@ def objective_terms(
     metrics = {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}
     metrics["loss"] = jnp.asarray(loss, jnp.float32)
     return jnp.asarray(loss, jnp.float32), metrics
+
+
+def objective_terms(
+    graphdef, trainable, frozen, batch, settings: StepSettings, normalisers, deterministic=False
+):
+    """(loss, metrics) of one (micro-)batch, means taken with the given global normalisers."""
+    model = nnx.merge(graphdef, trainable, frozen)
+    if deterministic:
+        model = nnx.view(model, deterministic=True, raise_if_not_found=False)
+    logps_2P, ntok_2P, nll_sum, nll_count = response_logprobs(model, batch)
+    ref = None
+    if losses.needs_reference(settings.objective):
+        ref_model = reference_model(graphdef, trainable, frozen)
+        ref = jax.lax.stop_gradient(response_logprobs(ref_model, batch)[0])
+    return pair_loss(
+        logps_2P, ntok_2P, nll_sum, nll_count, pair_mask(batch), settings, normalisers, ref
+    )
 
 
 def _token_count(batch) -> jax.Array:
@@ -200,7 +209,7 @@ def eval_step(graphdef, trainable, frozen, batch, settings: StepSettings):
     _, metrics = objective_terms(
         graphdef, trainable, frozen, batch, settings, normalisers, deterministic=True
     )
-    metrics["num_pairs"] = jnp.sum(_pair_mask(batch))
+    metrics["num_pairs"] = jnp.sum(pair_mask(batch))
     return metrics
 
 

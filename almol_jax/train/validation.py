@@ -1,0 +1,58 @@
+"""Validation of a training run: pair-weighted eval metrics, pooled over directions.
+
+`validate(evaluate, data, eval_batches)` runs `evaluate(host_batch) -> {metric: float,
+"num_pairs": n}` (the jitted eval step on the current parameters) over the validation batches and
+returns {"eval/<metric>": mean over pairs}, or None when the split holds no pairs. With both
+directions in the split (data.validation_by_direction), each direction gets its own pass
+(train.eval_batches shared between them: ceil(eval_batches / directions) each) and its own
+"eval/<direction>/<metric>" and "eval/<direction>/num_pairs"; the pooled "eval/<metric>" is
+their pair-weighted mean.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+Evaluate = Callable[[dict], dict[str, float]]
+
+
+def validation_pass(
+    evaluate: Evaluate, batches: Iterable[dict], limit: int
+) -> tuple[dict[str, float], float]:
+    """(pair-weighted metric sums, pairs) over the first `limit` batches (0: all)."""
+    totals: dict[str, float] = {}
+    pairs = 0.0
+    for i, host_batch in enumerate(batches):
+        if limit and i >= limit:
+            break
+        metrics = evaluate(host_batch)
+        n = metrics.pop("num_pairs")
+        pairs += n
+        for k, v in metrics.items():
+            totals[k] = totals.get(k, 0.0) + v * n
+    return totals, pairs
+
+
+def validate(evaluate: Evaluate, data, eval_batches: int) -> dict[str, float] | None:
+    """eval/<metric> (and per direction, eval/<direction>/<metric>) of a RunData's validation
+    split; see the module docstring."""
+    by_direction = data.validation_by_direction
+    if not by_direction:
+        totals, pairs = validation_pass(evaluate, data.validation(), eval_batches)
+        return {f"eval/{k}": v / pairs for k, v in totals.items()} if pairs else None
+    limit = -(-eval_batches // len(by_direction)) if eval_batches else 0
+    out: dict[str, float] = {}
+    pooled: dict[str, float] = {}
+    pooled_pairs = 0.0
+    for direction, make in by_direction.items():
+        totals, pairs = validation_pass(evaluate, make(), limit)
+        if not pairs:
+            continue
+        out.update({f"eval/{direction}/{k}": v / pairs for k, v in totals.items()})
+        out[f"eval/{direction}/num_pairs"] = pairs
+        pooled_pairs += pairs
+        for k, v in totals.items():
+            pooled[k] = pooled.get(k, 0.0) + v
+    if not pooled_pairs:
+        return None
+    return {f"eval/{k}": v / pooled_pairs for k, v in pooled.items()} | out
