@@ -207,10 +207,10 @@ def test_configuration_docs_cover_every_field():
 
 
 def test_configuration_docs_reference_is_current():
-    from almol_jax.config.schema import reference_markdown
+    from almol_jax.config.reference import reference_markdown
 
     assert reference_markdown() in DOCS.read_text(encoding="utf-8"), (
-        "docs/configuration.md is stale: run python -m almol_jax.config.schema"
+        "docs/configuration.md is stale: run python -m almol_jax.config.reference"
     )
 
 
