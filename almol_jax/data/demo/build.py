@@ -36,7 +36,11 @@ import sentencepiece
 from rdkit import Chem
 from tqdm.auto import tqdm
 
-from almol_jax.config.templates import MEDITRON_CAPTION2SMILES, MEDITRON_SMILES2CAPTION
+from almol_jax.config.templates import (
+    MEDITRON_CAPTION2SMILES,
+    MEDITRON_SMILES2CAPTION,
+    SOURCE_PLACEHOLDER,
+)
 from almol_jax.data.demo.captions import CaptionStyle, render_caption
 from almol_jax.data.demo.facts import compute_facts
 from almol_jax.data.demo.molecules import load_molecules, nci_path
@@ -51,7 +55,7 @@ FORMAT_VERSION = 2  # 2: smiles2caption rejections in the chosen caption's style
 # tokenizer's training text so prompts tokenise compactly; pass a run's own templates as
 # DemoParams.extra_texts.
 ALMOL_PROMPT_TEXTS: tuple[str, ...] = tuple(
-    t.replace("{source}", "") for t in (MEDITRON_SMILES2CAPTION, MEDITRON_CAPTION2SMILES)
+    t.replace(SOURCE_PLACEHOLDER, "") for t in (MEDITRON_SMILES2CAPTION, MEDITRON_CAPTION2SMILES)
 )
 
 
