@@ -26,7 +26,7 @@ def suggest(name: str, candidates: list[str], prefix: str = "") -> str:
 
 
 def build(cls: type, raw: Any, prefix: str) -> Any:
-    """``cls(**raw)`` with every value checked against its annotation; ``prefix`` is the key path."""
+    """``cls(**raw)``, each value checked against its annotation; ``prefix``: the key path."""
     where = prefix.rstrip(".") or "<root>"
     if not isinstance(raw, dict):
         raise ValueError(f"config section {where!r} must be a mapping, got {raw!r}")

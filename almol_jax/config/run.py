@@ -3,16 +3,19 @@
 ``RunConfig.from_dict`` type-checks the data against the sections (config/sections.py; unknown
 keys and wrong types are errors that name the key and suggest the nearest valid one,
 config/coerce.py) and then runs :func:`validate`, the cross-field checks (config/checks.py),
-raising ValueError that names the bad value.
+raising ValueError that names the bad value. :func:`field_docs` lists every leaf field with its
+type, default and doc (docs/configuration.md's table, config/reference.py).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import typing
 from dataclasses import dataclass
 from typing import Any
 
 from almol_jax.config import checks
-from almol_jax.config.coerce import build
+from almol_jax.config.coerce import build, config_to_dict, type_name
 from almol_jax.config.sections import (
     CheckpointSection,
     DataSection,
@@ -77,3 +80,17 @@ def validate(cfg: RunConfig) -> None:
     checks.check_checkpoint(cfg.checkpoint)
     checks.check_generation(cfg.generation)
     checks.check_eval(cfg.eval)
+
+
+def field_docs(cls: type = RunConfig, prefix: str = "") -> list[tuple[str, str, Any, str]]:
+    """(dotted key, type, default, doc) for every leaf field, in declaration order."""
+    rows = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            rows.extend(field_docs(tp, prefix + f.name + "."))
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        rows.append((prefix + f.name, type_name(tp), config_to_dict(default), f.metadata["doc"]))
+    return rows

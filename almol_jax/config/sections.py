@@ -53,7 +53,7 @@ class ModelSection:
 
 @dataclass(frozen=True)
 class LoraSection(LoraConfig):
-    """LoRA adapters (PEFT conventions): the model's LoraConfig fields plus the ``enabled`` switch."""
+    """LoRA adapters (PEFT conventions): the model's LoraConfig plus the ``enabled`` switch."""
 
     enabled: bool = _f(False, "Train LoRA adapters instead of all parameters.")
 
