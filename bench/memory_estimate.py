@@ -108,7 +108,7 @@ def activation_bytes_per_chip(
 
 def estimate(args, pod: Pod, mesh: dict, micro_pairs_per_chip: int) -> dict:
     from almol_jax.model.config import ModelConfig
-    from almol_jax.model.lora import LoraConfig
+    from almol_jax.model.lora_config import LoraConfig
 
     config = ModelConfig.preset(args.preset, dtype="bfloat16", param_dtype="bfloat16", remat="full")
     lora = LoraConfig(r=args.lora_r, alpha=args.lora_alpha, param_dtype="float32")

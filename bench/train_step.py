@@ -209,11 +209,12 @@ class OursSystem:
         from flax import nnx
 
         from almol_jax import xla_cpu_options
-        from almol_jax.config.schema import ObjectiveSection
+        from almol_jax.config.sections import ObjectiveSection
         from almol_jax.data.prefix_sharing import plain_batch, plain_to_indexed
         from almol_jax.model.build import build_model
         from almol_jax.model.config import ModelConfig
-        from almol_jax.model.lora import LoraConfig, LoRAParam
+        from almol_jax.model.lora import LoRAParam
+        from almol_jax.model.lora_config import LoraConfig
         from almol_jax.train.optimizer import make_optimizer
         from almol_jax.train.step import StepSettings, init_train_state, train_step
 

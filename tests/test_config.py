@@ -159,6 +159,11 @@ def test_wrong_types_name_the_key(override, message):
             r"data.templates.smiles2caption=.*\{source\}",
         ),
         ("objective.label_smoothing=0.5", r"label_smoothing=0.5"),
+        ("lora.r=0", r"section 'lora': .*r=0 must be >= 1"),
+        ("lora.alpha=0", r"section 'lora': .*alpha=0.0 must be > 0"),
+        ("lora.dropout=1", r"section 'lora': .*dropout=1.0"),
+        ("lora.target_modules=[q_proj,lm_head]", r"section 'lora': .*\['lm_head'\]"),
+        ("lora.param_dtype=int8", r"section 'lora': unknown dtype 'int8'"),
     ],
 )
 def test_validation_names_the_value(override, message):
@@ -207,10 +212,10 @@ def test_configuration_docs_cover_every_field():
 
 
 def test_configuration_docs_reference_is_current():
-    from almol_jax.config.schema import reference_markdown
+    from almol_jax.config.reference import reference_markdown
 
     assert reference_markdown() in DOCS.read_text(encoding="utf-8"), (
-        "docs/configuration.md is stale: run python -m almol_jax.config.schema"
+        "docs/configuration.md is stale: run python -m almol_jax.config.reference"
     )
 
 
@@ -224,3 +229,36 @@ def test_on_off_yes_no_stay_strings_and_only_true_false_are_booleans():
     assert cfg.data.prefix_sharing == "off"
     with pytest.raises(ValueError, match="lora.enabled"):
         load_config(None, ["lora.enabled=yes"])
+
+
+def test_lora_section_is_the_model_lora_config_plus_the_switch():
+    import dataclasses
+
+    from almol_jax.model import LoraConfig
+
+    section = RunConfig().lora
+    assert isinstance(section, LoraConfig) and section.enabled is False
+    model_fields = {f.name: f.default for f in dataclasses.fields(LoraConfig)}
+    section_fields = {f.name: f.default for f in dataclasses.fields(section)}
+    assert section_fields == {**model_fields, "enabled": False}
+    assert section.for_model() is None
+    cfg = load_config(None, ["lora.enabled=true", "lora.r=8", "lora.target_modules=q_proj"])
+    adapters = cfg.lora.for_model()
+    assert type(adapters) is LoraConfig
+    assert adapters == LoraConfig(r=8, target_modules=("q_proj",))
+
+
+def test_names_and_defaults_come_from_their_homes():
+    import typing
+
+    from almol_jax.config.sections import DataSection, EvalSection, MeshSection, ObjectiveSection
+    from almol_jax.directions import DIRECTIONS
+    from almol_jax.sharding import DEFAULT_RULES, MESH_AXES
+    from almol_jax.train.losses import OBJECTIVES
+
+    assert MeshSection().rules == DEFAULT_RULES
+    assert set(MESH_AXES) <= {f for f in typing.get_type_hints(MeshSection)}
+    assert typing.get_args(typing.get_type_hints(ObjectiveSection)["name"]) == OBJECTIVES
+    for section in (DataSection, EvalSection):
+        tuple_type = typing.get_args(typing.get_type_hints(section)["directions"])[1]
+        assert typing.get_args(typing.get_args(tuple_type)[0]) == DIRECTIONS

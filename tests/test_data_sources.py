@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from almol_jax.config.schema import ColumnsSection, DataSection
+from almol_jax.config.sections import ColumnsSection, DataSection
 from almol_jax.data.report import DataReport
 from almol_jax.data.sources import load_examples, read_examples
 

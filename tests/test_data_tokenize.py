@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from almol_jax.config.schema import TemplatesSection, TokenizerSection
+from almol_jax.config.sections import TemplatesSection, TokenizerSection
 from almol_jax.data.prompts import format_prompt
 from almol_jax.data.report import DataReport
 from almol_jax.data.tokenize import prompt_ids, split_prompt_response, tokenize_row

@@ -20,7 +20,7 @@ from flax import nnx
 from almol_jax.data.tokenizer import byte_tokenizer
 from almol_jax.export import export_model, load_peft_adapter, load_with_adapter, read_peft_config
 from almol_jax.model import LlamaForCausalLM, LoraConfig, LoRAParam, ModelConfig, build_model
-from almol_jax.model.lora import PEFT_LINEAR_NAMES
+from almol_jax.model.lora_config import PEFT_LINEAR_NAMES
 
 torch = pytest.importorskip(
     "torch", reason="torch is a test-only dependency (requirements-dev.txt), not installed here"

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from almol_jax.config.schema import ObjectiveSection
+from almol_jax.config.sections import ObjectiveSection
 from almol_jax.train.losses import METRIC_NAMES, get_loss_fn, loss_fn, pair_losses
 
 # Two real pairs and one padding pair (whose numbers must not matter).

@@ -9,7 +9,8 @@ import pytest
 from flax import nnx
 
 from almol_jax.model import lora as lora_lib
-from almol_jax.model.lora import Linear, LoraConfig, LoRAParam
+from almol_jax.model.lora import Linear, LoRAParam
+from almol_jax.model.lora_config import LoraConfig
 from almol_jax.model.merged_lora import merged_project
 
 

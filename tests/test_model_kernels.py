@@ -15,7 +15,8 @@ import pytest
 from flax import nnx
 
 from almol_jax.model.elementwise import rms_norm, swiglu
-from almol_jax.model.lora import Linear, LoraConfig, project
+from almol_jax.model.lora import Linear, project
+from almol_jax.model.lora_config import LoraConfig
 from almol_jax.model.rope import rope_tables
 from almol_jax.model.softmax_attention import cached_attention, mask_to_bias, softmax_attention
 

@@ -124,7 +124,8 @@ def test_extra_mask_acts_like_key_padding(model):
 def test_output_index_equals_gathered_full_forward(remat):
     """Last layer queried at some rows only: values and LoRA gradients equal the full forward's
     hidden states gathered at those rows (segments, padding and repeated indices included)."""
-    from almol_jax.model.lora import LoraConfig, LoRAParam
+    from almol_jax.model.lora import LoRAParam
+    from almol_jax.model.lora_config import LoraConfig
 
     ids, mask = _batch(9, b=3, t=8)
     seg = np.array([[1] * 4 + [2] * 4] * 3, np.int32)

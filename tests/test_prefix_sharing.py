@@ -15,7 +15,7 @@ import pytest
 from flax import nnx
 from plain_oracle import plain_loss_metrics_grads
 
-from almol_jax.config.schema import ObjectiveSection
+from almol_jax.config.sections import ObjectiveSection
 from almol_jax.data.prefix_sharing import (
     ROLE_CHOSEN,
     ROLE_PROMPT,
@@ -28,7 +28,8 @@ from almol_jax.data.prefix_sharing import (
 from almol_jax.model.attention import build_mask
 from almol_jax.model.build import build_model
 from almol_jax.model.config import ModelConfig
-from almol_jax.model.lora import LoraConfig, LoRAParam
+from almol_jax.model.lora import LoRAParam
+from almol_jax.model.lora_config import LoraConfig
 from almol_jax.train.chunked_logprobs import response_logprobs
 from almol_jax.train.optimizer import make_optimizer
 from almol_jax.train.step import (

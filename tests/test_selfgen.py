@@ -66,7 +66,7 @@ def test_metrics_golden_values():
 def test_self_generated_end_to_end_on_a_tiny_model(tmp_path):
     from flax import nnx
 
-    from almol_jax.config.schema import TemplatesSection
+    from almol_jax.config.sections import TemplatesSection
     from almol_jax.data.tokenizer import byte_tokenizer
     from almol_jax.generation import DecodeSettings
     from almol_jax.model import LlamaForCausalLM, ModelConfig

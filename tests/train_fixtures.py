@@ -10,7 +10,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from almol_jax.config.schema import ObjectiveSection
+from almol_jax.config.sections import ObjectiveSection
 from almol_jax.model import LoraConfig, ModelConfig, build_model
 from almol_jax.train import optimizer as opt_lib
 from almol_jax.train import step as step_lib

@@ -4,7 +4,7 @@ Override values are parsed as YAML scalars or flow lists (``train.steps=20``,
 ``model.source=null``, ``data.buckets=[64,128]``); for a list-typed key a bare comma-separated
 value is split (``data.train_files=a.jsonl,b.jsonl``). Keys inside mapping fields are reachable
 too (``model.overrides.vocab_size=512``). Unknown keys and wrong types raise ValueError naming
-the key with the nearest valid key suggested (schema.RunConfig.from_dict does the checking).
+the key with the nearest valid key suggested (RunConfig.from_dict does the checking).
 
 YAML floats: PyYAML follows YAML 1.1 and reads ``5e-5`` as a string; the loader here also
 resolves exponent floats without a dot (``5e-5``, ``1e8``) as floats.
@@ -21,7 +21,8 @@ from typing import Any
 
 import yaml
 
-from almol_jax.config.schema import RunConfig, _suggest, config_to_dict
+from almol_jax.config.coerce import config_to_dict, suggest
+from almol_jax.config.run import RunConfig
 
 _FLOAT_RE = re.compile(
     r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
@@ -100,7 +101,7 @@ def apply_override(raw: dict[str, Any], override: str) -> dict[str, Any]:
             if part not in hints:
                 raise ValueError(
                     f"unknown config key {key!r} in override {override!r}"
-                    + _suggest(key, _schema_keys())
+                    + suggest(key, _schema_keys())
                 )
             cls = hints[part]
         elif typing.get_origin(cls) is dict:

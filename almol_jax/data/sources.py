@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from almol_jax.data.report import DataReport
+from almol_jax.directions import DIRECTIONS, directions_of
 
-DIRECTIONS = ("smiles2caption", "caption2smiles")
 SCORER_HEADERS = {"SMILES": "smiles2caption", "description": "caption2smiles"}
 MOLECULE_ALIASES = ("SMILES", "smiles", "molecule")
 CAPTION_ALIASES = ("description", "caption", "text")
@@ -259,8 +259,6 @@ def split_files(data_cfg: Any, split: str) -> tuple[str, ...]:
 
 def load_examples(data_cfg: Any, split: str, report: DataReport) -> list[Example]:
     """Examples of a split from all its files, filtered to data.directions, cut to max_examples."""
-    from almol_jax.config.schema import directions_of
-
     keep = set(directions_of(data_cfg.directions))
     out: list[Example] = []
     for spec in split_files(data_cfg, split):

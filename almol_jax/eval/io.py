@@ -16,7 +16,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-TASKS = ("caption2smiles", "smiles2caption")
+from almol_jax.directions import DIRECTIONS
+
 TSV_SOURCE_COLUMN = {"caption2smiles": "description", "smiles2caption": "SMILES"}
 REFERENCE_COLUMNS = ("ground truth", "reference")
 OUTPUT_COLUMNS = ("output",)
@@ -48,8 +49,8 @@ class Predictions:
 
 def check_task(task: str) -> str:
     """``task`` itself, or a ValueError naming it."""
-    if task not in TASKS:
-        raise ValueError(f"{task=} is not one of {TASKS}")
+    if task not in DIRECTIONS:
+        raise ValueError(f"{task=} is not one of {DIRECTIONS}")
     return task
 
 
@@ -70,7 +71,7 @@ def _rows_from_table(rows, path, task: str | None, fmt: str) -> Predictions:
         raise PredictionFileError(f"{path}: empty file, expected a header line") from None
     header = [h.strip() for h in header]
     if task is not None and fmt == "tsv":
-        other = [t for t in TASKS if t != task][0]
+        other = [t for t in DIRECTIONS if t != task][0]
         if TSV_SOURCE_COLUMN[other] in header and TSV_SOURCE_COLUMN[task] not in header:
             raise PredictionFileError(
                 f"{path}:{header_line}: header {header} is the {other} layout, "

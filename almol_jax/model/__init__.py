@@ -5,7 +5,6 @@ from almol_jax.model.config import ModelConfig
 from almol_jax.model.kv_cache import KVCache, init_cache
 from almol_jax.model.llama import LlamaForCausalLM
 from almol_jax.model.lora import (
-    LoraConfig,
     LoRAParam,
     disable_adapters,
     lora_state,
@@ -13,6 +12,7 @@ from almol_jax.model.lora import (
     without_adapters,
     zeros_like_lora,
 )
+from almol_jax.model.lora_config import LoraConfig
 
 __all__ = [
     "KVCache",

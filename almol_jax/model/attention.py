@@ -15,7 +15,8 @@ from flax import nnx
 
 from almol_jax.model import cpu_attention
 from almol_jax.model.config import ModelConfig
-from almol_jax.model.lora import Linear, LoraConfig, project
+from almol_jax.model.lora import Linear, project
+from almol_jax.model.lora_config import LoraConfig
 from almol_jax.model.rope import apply_rope
 from almol_jax.model.softmax_attention import cached_attention, mask_to_bias, softmax_attention
 

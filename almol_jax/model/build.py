@@ -14,7 +14,7 @@ from jax.sharding import Mesh
 
 from almol_jax.model.config import ModelConfig
 from almol_jax.model.llama import LlamaForCausalLM
-from almol_jax.model.lora import LoraConfig
+from almol_jax.model.lora_config import LoraConfig
 from almol_jax.sharding import Rules, state_shardings
 
 

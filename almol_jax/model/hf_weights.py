@@ -26,7 +26,8 @@ from jax.sharding import Mesh
 from safetensors import safe_open
 
 from almol_jax.model.config import ModelConfig
-from almol_jax.model.lora import PEFT_LINEAR_NAMES, LoraConfig, LoRAParam
+from almol_jax.model.lora import LoRAParam
+from almol_jax.model.lora_config import PEFT_LINEAR_NAMES, LoraConfig
 from almol_jax.sharding import Rules, logical_sharding, variable_names
 
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)

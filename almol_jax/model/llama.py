@@ -16,7 +16,8 @@ from almol_jax.model.attention import Attention, build_mask, take_rows
 from almol_jax.model.config import ModelConfig
 from almol_jax.model.elementwise import rms_norm, swiglu
 from almol_jax.model.kv_cache import KVCache
-from almol_jax.model.lora import Linear, LoraConfig, project
+from almol_jax.model.lora import Linear, project
+from almol_jax.model.lora_config import LoraConfig
 from almol_jax.model.rope import inv_frequencies, rope_tables
 
 NEG_INF = -1e30

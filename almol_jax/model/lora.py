@@ -1,4 +1,5 @@
-"""LoRA: LoraConfig, the LoRAParam variable type and the LoRA-aware Linear used by every block.
+"""LoRA: the LoRAParam variable type and the LoRA-aware Linear used by every block (LoraConfig:
+model/lora_config.py).
 
 Adapters are a variable type, not a code path: `LoRAParam` subclasses `nnx.Variable` (NOT
 `nnx.Param`), so `nnx.state(model, LoRAParam)` / `nnx.split(model, LoRAParam, ...)` selects
@@ -13,7 +14,6 @@ scale).
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import math
 
 import jax
@@ -21,54 +21,12 @@ import jax.numpy as jnp
 from flax import nnx
 
 from almol_jax.model.config import dtype_of
+from almol_jax.model.lora_config import LoraConfig
 from almol_jax.model.merged_lora import merged_project
-
-PEFT_LINEAR_NAMES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
 class LoRAParam(nnx.Variable):
     """A LoRA adapter matrix (A or B). Deliberately not an nnx.Param."""
-
-
-@dataclasses.dataclass(frozen=True)
-class LoraConfig:
-    """Low-rank adapters on the block projections (PEFT semantics)."""
-
-    r: int = 8  # rank R
-    alpha: float = 16.0  # scale = alpha / r (or alpha / sqrt(r) with use_rslora)
-    dropout: float = 0.0  # dropout on the adapter input, as PEFT's lora_dropout
-    target_modules: tuple[str, ...] | str = "all-linear"  # PEFT names or "all-linear"
-    use_rslora: bool = False
-    param_dtype: str = "float32"  # adapters' storage dtype (independent of the base)
-
-    def __post_init__(self):
-        tm = self.target_modules
-        if isinstance(tm, str) and tm != "all-linear":
-            tm = (tm,)
-        if not isinstance(tm, str):
-            tm = tuple(tm)
-            bad = [m for m in tm if m not in PEFT_LINEAR_NAMES]
-            if bad:
-                raise ValueError(
-                    f"target_modules has unknown names {bad}; expected {PEFT_LINEAR_NAMES} "
-                    "or 'all-linear' (lm_head is never adapted)"
-                )
-        object.__setattr__(self, "target_modules", tm)
-        if self.r < 1:
-            raise ValueError(f"LoRA rank r={self.r} must be >= 1")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"LoRA dropout={self.dropout} must be in [0, 1)")
-        dtype_of(self.param_dtype)
-
-    @property
-    def scale(self) -> float:
-        return self.alpha / (math.sqrt(self.r) if self.use_rslora else self.r)
-
-    def targets(self, module_name: str) -> bool:
-        """Whether the projection called `module_name` (a PEFT name) gets an adapter."""
-        if self.target_modules == "all-linear":
-            return module_name in PEFT_LINEAR_NAMES
-        return module_name in self.target_modules
 
 
 @jax.custom_vjp

@@ -6,7 +6,7 @@ hands them to these functions, so every builder drops, counts, scores and writes
 
 API (all pure functions of their arguments; randomness only through an explicit seed):
 
-- ``DIRECTIONS``: ``("smiles2caption", "caption2smiles")``.
+- ``DIRECTIONS``: ``("smiles2caption", "caption2smiles")`` (from almol_jax/directions.py).
 - ``PreferenceRow(source, chosen, rejected, direction, source_system=None, score=None,
   score_name=None)``: one triplet plus provenance; ``.to_dict()`` gives the output row
   (columns ``OUTPUT_COLUMNS``).
@@ -39,7 +39,8 @@ import re
 from collections.abc import Hashable, Iterable, Sequence
 from pathlib import Path
 
-DIRECTIONS = ("smiles2caption", "caption2smiles")
+from almol_jax.directions import DIRECTIONS
+
 OUTPUT_COLUMNS = (
     "source",
     "chosen",

@@ -26,8 +26,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from almol_jax.directions import DIRECTIONS
 from almol_jax.preferences.common import (
-    DIRECTIONS,
     PreferenceRow,
     canonical_inchi,
     equivalent,

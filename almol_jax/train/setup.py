@@ -22,18 +22,7 @@ def seed_keys(seed: int) -> dict[str, jax.Array]:
 
 def lora_config(cfg) -> Any:
     """The model's LoraConfig for a RunConfig, or None when LoRA is off."""
-    from almol_jax.model import LoraConfig
-
-    lo = cfg.lora
-    if not lo.enabled:
-        return None
-    return LoraConfig(
-        r=lo.r,
-        alpha=lo.alpha,
-        dropout=lo.dropout,
-        target_modules=lo.target_modules,
-        use_rslora=lo.use_rslora,
-    )
+    return cfg.lora.for_model()
 
 
 def _model_overrides(cfg) -> dict[str, Any]:
