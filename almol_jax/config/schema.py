@@ -19,6 +19,9 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from almol_jax.model.config import REMAT_NAMES
+from almol_jax.model.kernels import ATTENTION_IMPLS, KERNEL_SETS
+
 DIRECTIONS = ("smiles2caption", "caption2smiles")
 OBJECTIVES = ("cpo", "sft", "dpo", "ipo", "simpo", "hinge")
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -82,12 +85,20 @@ class ModelSection:
         None, "Parameter dtype of the frozen base; None = same as dtype."
     )
     vocab_multiple: int = _f(128, "Embedding/lm_head rows are padded to a multiple of this.")
-    attention_impl: Literal["xla", "cpu", "cudnn"] | None = _f(
-        None,
-        "Attention kernel: null = the threaded C++ CPU kernel on a one-device float32 CPU run"
-        " (built on first use; XLA's if it cannot be), else xla; xla; cpu (required); cudnn.",
+    kernels: Literal[KERNEL_SETS] = _f(
+        "auto",
+        "Kernel table (model/kernels.py): portable = jnp / jax.nn with autodiff (any backend);"
+        " cpu = the CPU wing (threaded C++ attention built on first use, merged LoRA,"
+        " hand-written backward passes; float32 on the CPU backend only); auto = cpu on a"
+        " one-device float32 CPU run (XLA's attention if the C++ kernel cannot be built),"
+        " else portable.",
     )
-    remat: Literal["none", "full", "dots"] = _f("none", "Rematerialisation policy per block.")
+    attention_impl: Literal[ATTENTION_IMPLS] = _f(
+        "xla", "The portable kernels' attention: jax.nn.dot_product_attention's implementation."
+    )
+    remat: Literal[REMAT_NAMES] = _f(
+        "none", "Rematerialisation per block: none, full, dots (= dots_saveable)."
+    )
 
 
 @dataclass(frozen=True)
