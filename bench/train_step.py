@@ -428,7 +428,7 @@ def main() -> None:
         "--host-allocator",
         choices=["keep", "system"],
         default="keep",
-        help="glibc malloc in every worker, TRL's included (almol_jax/host_allocator.py): keep "
+        help="glibc malloc in every worker, TRL's included (almol_jax/cpu/host_allocator.py): keep "
         "= reuse freed buffers (what train.py does on the CPU backend), system = glibc defaults",
     )
     parser.add_argument("--json", default=None, help="also write all figures to this JSON file")
