@@ -135,3 +135,13 @@ def test_portable_has_no_custom_call_and_no_custom_vjp(kernels):
     expected = kernels == "cpu"
     assert ("custom_call" in lowered) == expected
     assert ("custom_vjp_call" in jaxpr) == expected
+
+
+def test_the_run_config_key_reaches_the_model():
+    from almol_jax.config import load_config
+    from almol_jax.train.setup import model_config
+
+    assert model_config(load_config(None, [])).kernels == "auto"
+    assert model_config(load_config(None, ["model.kernels=portable"])).kernels == "portable"
+    with pytest.raises(ValueError, match="model.kernels"):
+        load_config(None, ["model.kernels=gpu"])
