@@ -23,14 +23,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax logs every save/restore at INFO
 
-    from almol_jax import cpu_devices, host_allocator
     from almol_jax.config import load_config
+    from almol_jax.cpu import runtime
     from almol_jax.pipeline import after_training, format_summary, resolve_builtin
     from almol_jax.train.loop import run_training
 
     cfg = load_config(args.config, args.overrides)
-    host_allocator.configure(cfg.runtime.host_allocator)  # before JAX starts its threads
-    cpu_devices.configure(cfg.runtime.cpu_devices)
+    runtime.configure(cfg.runtime, training=True)  # before JAX starts its threads
     cfg = resolve_builtin(cfg)
     try:
         summary = run_training(cfg)

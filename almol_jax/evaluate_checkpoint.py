@@ -116,7 +116,6 @@ def evaluate_checkpoint(
     cfg.eval (`eval_options_from_config`; None = cfg.eval as it is), `settings` a `DecodeSettings` (default: from cfg), `key` the
     sampling PRNG key (default: the "sampling" key of cfg.seed; unused by greedy decoding).
     """
-    from almol_jax import cpu_devices
     from almol_jax.data.prompts import format_prompt
     from almol_jax.data.report import DataReport
     from almol_jax.data.sources import load_examples
@@ -129,14 +128,15 @@ def evaluate_checkpoint(
     )
     from almol_jax.eval.io import write_tsv
     from almol_jax.generation import generate_texts, settings_from_config
+    from almol_jax.sharding import data_parallel_mesh
     from almol_jax.train.setup import seed_keys
 
     if isinstance(adapters, str):
         if adapters not in ADAPTER_CHOICES:
             raise ValueError(f"adapters={adapters!r} is not one of {ADAPTER_CHOICES}")
         adapters = adapters == "on"
-    # several CPU devices (runtime.cpu_devices): decode data-parallel, weights replicated
-    dp_mesh = cpu_devices.data_parallel_mesh()
+    # several devices (e.g. runtime.cpu_devices): decode data-parallel, weights replicated
+    dp_mesh = data_parallel_mesh()
     run_cfg, model, tokenizer, run_dir, chosen, use_adapters = load_for_eval(
         run_dir_or_step, adapters=adapters, step=step, mesh=dp_mesh
     )
@@ -306,8 +306,8 @@ def run_checkpoint_cli(args: argparse.Namespace, options: Any) -> dict:
 
     `options`: an EvalOptions, or a dict of overrides of the config's eval section.
     """
-    from almol_jax import cpu_devices, host_allocator
     from almol_jax.config import load_config
+    from almol_jax.cpu import runtime as cpu_runtime
     from almol_jax.eval.report import format_table
 
     if args.config:
@@ -317,8 +317,7 @@ def run_checkpoint_cli(args: argparse.Namespace, options: Any) -> dict:
         run_cfg = load_config(str(run_dir / "config.yaml"), args.set)
         cfg = run_cfg if args.set else None
     runtime = (cfg or run_cfg).runtime  # read before JAX starts
-    host_allocator.configure(runtime.host_allocator, training=False)
-    cpu_devices.configure(runtime.cpu_devices)
+    cpu_runtime.configure(runtime, training=False)
     step: str | int = args.step if args.step in ("best", "latest") else int(args.step)
     results = evaluate_checkpoint(
         cfg,

@@ -60,6 +60,14 @@ def make_mesh(mesh_config: Any = None, *, devices: Sequence[jax.Device] | None =
     return Mesh(np.asarray(devices).reshape(shape), MESH_AXES)
 
 
+def data_parallel_mesh() -> Mesh | None:
+    """A mesh of every device on the "data" axis (weights replicated, batches split: decoding
+    data-parallel), or None with a single device."""
+    if len(jax.devices()) < 2:
+        return None
+    return make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
+
+
 def logical_to_spec(names: Sequence[str | None], rules: Rules | None = None) -> PartitionSpec:
     """PartitionSpec for logical axis names; a mesh axis is used at most once (later uses drop)."""
     table = dict(DEFAULT_RULES if rules is None else rules)

@@ -17,7 +17,7 @@ FLOP convention (documented once here, used for every "model FLOPs" figure):
   gradient), attention backward (2x forward: dQ, dK, dV, dP), LoRA weight and input
   gradients (2x the LoRA forward); no weight gradients of frozen kernels;
 - full fine-tuning (lora_r == 0) adds weight gradients (1x forward of each kernel);
-- merged LoRA (ours, model/merged_lora.py): the forward runs x @ (W + s A B), so its LoRA
+- merged LoRA (ours, cpu/merged_lora.py): the forward runs x @ (W + s A B), so its LoRA
   cost is the merge (I x R x O, counted again in the backward, which recomputes it) instead
   of the per-row A and B products; the backward's per-row LoRA work is the same 2x.
 """
@@ -148,7 +148,7 @@ def train_step_flops(
     the label positions (chosen + rejected tokens) instead of at every processed position;
     `label_queries_last` (ours) counts the last layer's q/o/MLP projections and
     its attention at the label positions only (k and v still at every position);
-    `merged_lora` (ours) counts LoRA as model/merged_lora.py computes it (module docstring).
+    `merged_lora` (ours) counts LoRA as cpu/merged_lora.py computes it (module docstring).
     """
     tokens = processed_tokens(s, layout)
     labels = s.pairs * (s.chosen_len + s.rejected_len)

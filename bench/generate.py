@@ -94,9 +94,14 @@ def main(argv=None) -> int:
     import jax
     import torch
 
-    from almol_jax import cpu_devices as cpu_devices_lib
+    from almol_jax.config import load_config
+    from almol_jax.cpu import runtime
 
-    cpu_devices = cpu_devices_lib.configure(args.cpu_devices)  # before the backend starts
+    # before the backend starts; malloc is left alone (an evaluation, host_allocator auto)
+    runtime.configure(
+        load_config(None, [f"runtime.cpu_devices={args.cpu_devices}"]).runtime, training=False
+    )
+    cpu_devices = len(jax.devices())
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -129,11 +134,11 @@ def main(argv=None) -> int:
     if cpu_devices > 1:  # data-parallel: weights replicated, prompts split across the devices
         from jax.sharding import NamedSharding, PartitionSpec
 
-        from almol_jax.sharding import batch_sharding
+        from almol_jax.sharding import batch_sharding, data_parallel_mesh
 
         if args.batch % cpu_devices:
             raise ValueError(f"--batch {args.batch} does not split on {cpu_devices} CPU devices")
-        mesh = cpu_devices_lib.data_parallel_mesh()
+        mesh = data_parallel_mesh()
         graphdef, states = split
         split_dp = (graphdef, jax.device_put(states, NamedSharding(mesh, PartitionSpec())))
         ids_dp, mask_dp = (

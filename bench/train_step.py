@@ -208,8 +208,8 @@ class OursSystem:
         import optax
         from flax import nnx
 
-        from almol_jax import xla_cpu_options
         from almol_jax.config.sections import ObjectiveSection
+        from almol_jax.cpu import runtime
         from almol_jax.data.prefix_sharing import plain_batch, plain_to_indexed
         from almol_jax.model.build import build_model
         from almol_jax.model.config import ModelConfig
@@ -246,7 +246,7 @@ class OursSystem:
             train_step,
             static_argnames=("graphdef", "settings"),
             donate_argnames=("state",),
-            compiler_options=xla_cpu_options.for_backend(xla_cpu_options.TRAIN_STEP),
+            compiler_options=runtime.compiler_options("train_step"),
         )
         triplets = random_triplets(s, s.pairs * self.num_batches, self.seed)
         self.batches = []
@@ -287,10 +287,14 @@ def worker_main(system: str, shape_name: str, seed: int, layout: str) -> None:
     """Line protocol: reads commands ("steps N", "peak", "memory", "quit"), answers JSON lines."""
     if os.environ.get(CPUS_ENV):  # before jax/torch start their thread pools
         os.sched_setaffinity(0, {int(c) for c in os.environ[CPUS_ENV].split(",")})
-    from almol_jax.host_allocator import configure
+    from almol_jax.config import load_config
+    from almol_jax.cpu import runtime
 
     # the same malloc setting in every worker (TRL's too), before jax/torch allocate anything
-    configure(os.environ.get(ALLOCATOR_ENV, "keep"))
+    allocator = os.environ.get(ALLOCATOR_ENV, "keep")
+    runtime.configure(
+        load_config(None, [f"runtime.host_allocator={allocator}"]).runtime, training=True
+    )
     shape = get_shape(shape_name)
     if system == "peak":  # measures only the matmul peak (its own process: no thread sharing)
         sys_obj = None
@@ -429,7 +433,7 @@ def main() -> None:
         "--host-allocator",
         choices=["keep", "system"],
         default="keep",
-        help="glibc malloc in every worker, TRL's included (almol_jax/host_allocator.py): keep "
+        help="glibc malloc in every worker, TRL's included (almol_jax/cpu/host_allocator.py): keep "
         "= reuse freed buffers (what train.py does on the CPU backend), system = glibc defaults",
     )
     parser.add_argument("--json", default=None, help="also write all figures to this JSON file")

@@ -1,7 +1,7 @@
-"""The C++ CPU attention kernel (model/cpu_attention.py) against independent attention code.
+"""The C++ CPU attention kernel (cpu/attention_kernel.py) against independent attention code.
 
 References: jax.nn.dot_product_attention (JAX's own implementation, autodiff backward) and
-softmax_attention.py (the XLA path, hand-written backward). Masks cover what training and
+cpu/softmax_attention.py (XLA, hand-written backward). Masks cover what training and
 evaluation build: causal, prefix-shared rows (rejected never sees chosen), padding keys and
 rows with no visible key, the last layer's label-position queries (T != S), random masks
 (tiles partly visible), sizes that are not multiples of the 64-key tile, and grouped heads.
@@ -19,17 +19,20 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from almol_jax.model import cpu_attention
-from almol_jax.model.softmax_attention import mask_to_bias, softmax_attention
+from almol_jax.cpu import attention_kernel
+from almol_jax.cpu.softmax_attention import softmax_attention
+from almol_jax.model import ModelConfig
+from almol_jax.model import kernels as kernels_lib
+from almol_jax.ops.attention import mask_to_bias
 
 pytestmark = pytest.mark.skipif(
-    not cpu_attention.available(),
-    reason=f"CPU attention kernel unavailable: {cpu_attention.unavailable_reason()}",
+    not attention_kernel.available(),
+    reason=f"CPU attention kernel unavailable: {attention_kernel.unavailable_reason()}",
 )
 
 
 def _reference(q, k, v, mask):
-    """jax.nn's XLA attention, with rows that see no key zeroed (what attention.py returns)."""
+    """jax.nn's XLA attention, with rows that see no key zeroed (what the kernel table returns)."""
     g = q.shape[2] // k.shape[2]
     out = jax.nn.dot_product_attention(
         q, jnp.repeat(k, g, axis=2), jnp.repeat(v, g, axis=2), mask=mask[:, None]
@@ -88,7 +91,7 @@ def test_forward_and_gradients_match_references(name):
         return jnp.where(jnp.any(mask, -1)[:, :, None, None], out, 0.0)
 
     impls = {
-        "kernel": lambda q, k, v: cpu_attention.cpu_attention(q, k, v, mask),
+        "kernel": lambda q, k, v: attention_kernel.cpu_attention(q, k, v, mask),
         "jax.nn": lambda q, k, v: _reference(q, k, v, mask),
         "xla_path": xla_path,
     }
@@ -113,7 +116,7 @@ def test_tile_states_golden():
     mask[0, 1, 10] = True  # row 1: tile 0 some
     mask[0, 1, 64:130] = True  # row 1: tiles 1 and 2 (2 real keys) all
     mask[0, 2, 128] = True  # row 2: tile 2 some (1 of its 2 real keys)
-    got = np.asarray(cpu_attention.tile_states(jnp.asarray(mask)))
+    got = np.asarray(attention_kernel.tile_states(jnp.asarray(mask)))
     np.testing.assert_array_equal(got[0], [[2, 0, 0], [1, 2, 2], [0, 0, 1]])
 
 
@@ -122,7 +125,7 @@ def test_kernel_is_deterministic_and_vmaps():
     over a leading axis equals the per-slice calls."""
     rng = np.random.default_rng(5)
     q, k, v, mask = _case("gqa_random", rng)
-    f = jax.jit(lambda q, k, v: cpu_attention.cpu_attention(q, k, v, jnp.asarray(mask)))
+    f = jax.jit(lambda q, k, v: attention_kernel.cpu_attention(q, k, v, jnp.asarray(mask)))
     np.testing.assert_array_equal(np.asarray(f(q, k, v)), np.asarray(f(q, k, v)))
     stacked = [jnp.stack([x, x[::-1]]) for x in (q, k, v)]
     mapped = jax.vmap(f)(*stacked)
@@ -130,31 +133,46 @@ def test_kernel_is_deterministic_and_vmaps():
     np.testing.assert_array_equal(np.asarray(mapped[1]), np.asarray(f(q[::-1], k[::-1], v[::-1])))
 
 
-def test_chosen_policy():
-    f32, bf16 = jnp.float32, jnp.bfloat16
-    assert cpu_attention.chosen("cpu", f32)
-    assert not cpu_attention.chosen("xla", f32)
-    assert not cpu_attention.chosen("cudnn", f32)
-    assert cpu_attention.chosen(None, f32) == (jax.device_count() == 1)
-    assert not cpu_attention.chosen(None, bf16)
+def test_kernel_table_choice():
+    def choose(**fields):
+        return kernels_lib.choose(ModelConfig(**fields))
+
+    assert choose(kernels="cpu") is kernels_lib.CPU
+    assert choose(kernels="portable") is kernels_lib.PORTABLE["xla"]
+    assert choose(kernels="portable", attention_impl="cudnn") is kernels_lib.PORTABLE["cudnn"]
+    assert (choose() is kernels_lib.CPU) == (jax.device_count() == 1)  # auto, float32
+    assert choose(dtype="bfloat16") is kernels_lib.PORTABLE["xla"]  # auto, bfloat16
+    assert choose(attention_impl="cudnn") is kernels_lib.PORTABLE["cudnn"]
     with pytest.raises(ValueError, match="float32"):
-        cpu_attention.chosen("cpu", bf16)
+        choose(kernels="cpu", dtype="bfloat16")
+    with pytest.raises(ValueError, match="attention_impl='cudnn'"):
+        choose(kernels="cpu", attention_impl="cudnn")
 
 
 def test_failed_build_falls_back_with_a_warning(tmp_path):
-    """No working compiler: `None` falls back to the XLA path (warning), "cpu" is an error."""
+    """No working compiler: `auto` keeps the cpu kernels with XLA's attention (a warning) and
+    matches jax.nn, `cpu` is an error."""
     script = textwrap.dedent(
         """
-        import warnings, jax.numpy as jnp, pytest
-        from almol_jax.model import cpu_attention
-        assert not cpu_attention.available()
-        assert "failed" in cpu_attention.unavailable_reason()
+        import warnings, jax, jax.numpy as jnp, numpy as np, pytest
+        from almol_jax.cpu import attention_kernel
+        from almol_jax.model import ModelConfig
+        from almol_jax.model import kernels as kernels_lib
+        assert not attention_kernel.available()
+        assert "failed" in attention_kernel.unavailable_reason()
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            assert not cpu_attention.chosen(None, jnp.float32)
+            table = kernels_lib.choose(ModelConfig())
+        assert table is kernels_lib.CPU
         assert any("unavailable" in str(w.message) for w in caught)
+        r = np.random.default_rng(0)
+        q, k, v = (jnp.asarray(r.normal(size=(2, 9, 4, 8)), jnp.float32) for _ in range(3))
+        mask = jnp.asarray(np.tril(np.ones((9, 9), bool))[None].repeat(2, 0)).at[0, 2].set(False)
+        want = jax.nn.dot_product_attention(q, k, v, mask=mask[:, None])
+        want = jnp.where(jnp.any(mask, -1)[:, :, None, None], want, 0.0)
+        np.testing.assert_allclose(table.attention(q, k, v, mask), want, rtol=1e-5, atol=2e-6)
         with pytest.raises(RuntimeError, match="unavailable"):
-            cpu_attention.chosen("cpu", jnp.float32)
+            kernels_lib.choose(ModelConfig(kernels="cpu"))
         print("ok")
         """
     )
@@ -168,7 +186,7 @@ def test_failed_build_falls_back_with_a_warning(tmp_path):
 def test_build_is_cached(tmp_path):
     """The library is built once per (source, flags, jaxlib, CPU) and reused from the cache."""
     env = dict(os.environ, ALMOL_JAX_KERNEL_CACHE=str(tmp_path))
-    code = "from almol_jax.model import cpu_attention as c; print(c.available())"
+    code = "from almol_jax.cpu import attention_kernel as c; print(c.available())"
     for _ in range(2):
         done = subprocess.run(
             [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300
@@ -190,13 +208,13 @@ def test_narrower_vector_builds_match(tmp_path, march):
         import sys, numpy as np, jax, jax.numpy as jnp
         sys.path.insert(0, sys.argv[1])
         from test_cpu_attention import _case, _reference
-        from almol_jax.model import cpu_attention
-        assert cpu_attention.available(), cpu_attention.unavailable_reason()
+        from almol_jax.cpu import attention_kernel
+        assert attention_kernel.available(), attention_kernel.unavailable_reason()
         for i, name in enumerate(["prefix_shared_padded", "label_queries", "gqa_random"]):
             q, k, v, mask = _case(name, np.random.default_rng(i))
             mask = jnp.asarray(mask)
             w = jnp.asarray(np.random.default_rng(9).normal(size=q.shape), jnp.float32)
-            fk = lambda q, k, v: cpu_attention.cpu_attention(q, k, v, mask)
+            fk = lambda q, k, v: attention_kernel.cpu_attention(q, k, v, mask)
             fr = lambda q, k, v: _reference(q, k, v, mask)
             np.testing.assert_allclose(fk(q, k, v), fr(q, k, v), rtol=1e-5, atol=2e-6)
             for f_, r_ in zip(

@@ -1,4 +1,4 @@
-"""almol_jax.host_allocator: freed host buffers are reused (no page faults) only when asked."""
+"""almol_jax.cpu.host_allocator: freed host buffers are reused (no page faults) only when asked."""
 
 from __future__ import annotations
 
@@ -10,15 +10,15 @@ import textwrap
 
 import pytest
 
-from almol_jax import host_allocator
 from almol_jax.config import load_config
+from almol_jax.cpu import host_allocator
 
 # mallocs, writes and frees a 64 MiB buffer (above glibc's largest mmap threshold) 6 times and
 # prints the minor page faults per round after the first.
 PROBE = textwrap.dedent(
     """
     import json, resource, sys
-    from almol_jax import host_allocator
+    from almol_jax.cpu import host_allocator
     mode, backend = sys.argv[1], sys.argv[2]
     applied = host_allocator.configure(mode)
     kept = host_allocator.settle(mode, backend)

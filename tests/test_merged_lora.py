@@ -1,4 +1,5 @@
-"""LoRA through merged kernels (model/merged_lora.py) against autodiff of the separate formula."""
+"""LoRA through merged kernels (cpu/merged_lora.py) against autodiff of the separate formula, and
+the cpu kernel table's choice of it (cpu/lora.py)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,12 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from almol_jax.model import lora as lora_lib
+from almol_jax.cpu import lora as cpu_lora
+from almol_jax.cpu.merged_lora import merged_project
+from almol_jax.model import kernels
 from almol_jax.model.lora import Linear, LoRAParam
 from almol_jax.model.lora_config import LoraConfig
-from almol_jax.model.merged_lora import merged_project
+from almol_jax.ops.lora_products import Adapters
 
 
 def _separate(x, kernels, a, bs, scales):
@@ -52,17 +55,18 @@ def test_values_and_gradients_match_autodiff(ranks):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
 
 
-def _linear(dtype="float32", dropout=0.0):
-    lo = LoraConfig(r=4, alpha=8.0, dropout=dropout, target_modules=("q_proj",))
+def _linear():
+    lo = LoraConfig(r=4, alpha=8.0, target_modules=("q_proj",))
     m = Linear(
         16,
         12,
         axes=("embed", "heads"),
         use_bias=True,
-        dtype=jnp.dtype(dtype),
+        dtype=jnp.float32,
         param_dtype=jnp.float32,
         init_std=0.2,
         rngs=nnx.Rngs(0),
+        kernels=kernels.CPU,
         lora=lo,
         name="q_proj",
     )
@@ -74,9 +78,14 @@ def _linear(dtype="float32", dropout=0.0):
 def test_linear_takes_the_merged_path_only_where_it_pays(monkeypatch):
     m = _linear()
     x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 40, 16)), jnp.float32)
-    assert lora_lib._mergeable((m,), 80) and not lora_lib._mergeable((m,), 16)  # 8 x rank 4
-    assert not lora_lib._mergeable((_linear("bfloat16"),), 80)
-    assert not lora_lib._mergeable((_linear(dropout=0.1),), 80)
+    w = m.kernel[...]
+    adapters = Adapters(a_IR=m.lora_a[...], bs=(m.lora_b[...],), scales=(m.lora_scale,))
+    assert cpu_lora.mergeable(x, (w,), adapters)  # 80 rows >= 8 x rank 4
+    assert not cpu_lora.mergeable(x[:1, :16], (w,), adapters)  # 16 rows
+    assert not cpu_lora.mergeable(x, (w.astype(jnp.bfloat16),), adapters)
+    dropped = Adapters(a_IR=m.lora_a[...], bs=(m.lora_b[...],), scales=(2.0,), x_BTI=0.5 * x)
+    assert not cpu_lora.mergeable(x, (w,), dropped)
+    assert not cpu_lora.mergeable(x, (w,), None)
 
     def loss(model, x):
         return jnp.sum(jnp.sin(model(x)))
@@ -86,7 +95,7 @@ def test_linear_takes_the_merged_path_only_where_it_pays(monkeypatch):
         return value, jax.tree.leaves(grads)
 
     merged = run(x)
-    monkeypatch.setattr(lora_lib, "MERGE_MIN_ROWS_PER_RANK", 10**9)  # force the separate path
+    monkeypatch.setattr(cpu_lora, "MERGE_MIN_ROWS_PER_RANK", 10**9)  # force the separate path
     separate = run(x)
     np.testing.assert_allclose(merged[0], separate[0], rtol=1e-6)
     for got, want in zip(merged[1], separate[1], strict=True):

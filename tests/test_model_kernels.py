@@ -1,9 +1,10 @@
-"""The hand-written kernels of the model (issue 8) against independent implementations.
+"""The model's own computations against independent implementations.
 
-softmax_attention (custom backward) vs jax.nn.dot_product_attention differentiated by JAX;
-cached_attention vs the same; rms_norm / swiglu (custom backward) vs autodiff of the plain
-formulas; lora.project (fused adapter products) vs the unfused Linear calls; rope_tables vs the
-on-device float32 computation Hugging Face uses.
+cached_attention (plain jnp over the [B, K, S, H] cache) vs jax.nn.dot_product_attention;
+lora.project (fused adapter products, through either kernel table) vs the unfused Linear calls;
+rope_tables vs the on-device float32 computation Hugging Face uses. (The CPU wing's hand-written
+backward passes: test_cpu_kernels.py; the two kernel tables against each other:
+test_kernel_tables.py.)
 """
 
 from __future__ import annotations
@@ -14,73 +15,11 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from almol_jax.model.elementwise import rms_norm, swiglu
+from almol_jax.model import kernels
+from almol_jax.model.attention import cached_attention
 from almol_jax.model.lora import Linear, project
 from almol_jax.model.lora_config import LoraConfig
 from almol_jax.model.rope import rope_tables
-from almol_jax.model.softmax_attention import cached_attention, mask_to_bias, softmax_attention
-
-
-def _qkv(b, t, n, k, h, seed=0, dtype=jnp.float32):
-    r = np.random.default_rng(seed)
-    q = jnp.asarray(r.normal(size=(b, t, n, h)), dtype)
-    kk = jnp.asarray(r.normal(size=(b, t, k, h)), dtype)
-    v = jnp.asarray(r.normal(size=(b, t, k, h)), dtype)
-    return q, kk, v
-
-
-def _mask(b, t, seed=0):
-    """Causal, with left padding on row 0 (a fully masked query row) and a prefix rule."""
-    r = np.random.default_rng(seed)
-    causal = np.tril(np.ones((t, t), bool))
-    m = np.broadcast_to(causal, (b, t, t)).copy()
-    m[0, :, :3] = False  # keys 0-2 of row 0 are padding: query rows 0-2 see nothing
-    m[1] &= r.random((t, t)) < 0.7
-    m[1] |= np.eye(t, dtype=bool)
-    return jnp.asarray(m)
-
-
-def _reference(q, k, v, mask):
-    out = jax.nn.dot_product_attention(q, k, v, mask=mask[:, None], implementation="xla")
-    has_key = jnp.any(mask, axis=-1)[:, :, None, None]
-    return jnp.where(has_key, out, 0.0)
-
-
-def _ours(q, k, v, mask):
-    out = softmax_attention(q, k, v, mask_to_bias(mask))
-    has_key = jnp.any(mask, axis=-1)[:, :, None, None]
-    return jnp.where(has_key, out, 0.0)
-
-
-@pytest.mark.parametrize("n,k", [(4, 4), (8, 2), (4, 1)])  # MHA, GQA, MQA
-def test_softmax_attention_values_and_grads_match_jax(n, k):
-    b, t, h = 3, 12, 16
-    q, kk, v = _qkv(b, t, n, k, h)
-    mask = _mask(b, t)
-    np.testing.assert_allclose(_ours(q, kk, v, mask), _reference(q, kk, v, mask), atol=2e-6)
-    w = jnp.asarray(np.random.default_rng(1).normal(size=(b, t, n, h)), jnp.float32)
-
-    def loss(fn):
-        return lambda q, k, v: jnp.sum(fn(q, k, v, mask) * w)
-
-    ours = jax.grad(loss(_ours), argnums=(0, 1, 2))(q, kk, v)
-    ref = jax.grad(loss(_reference), argnums=(0, 1, 2))(q, kk, v)
-    for a, r in zip(ours, ref, strict=True):
-        np.testing.assert_allclose(a, r, atol=2e-5, rtol=1e-5)
-
-
-def test_softmax_attention_bfloat16_close_to_float32_and_finite():
-    b, t, n, k, h = 2, 16, 4, 2, 32
-    q, kk, v = _qkv(b, t, n, k, h, seed=3)
-    mask = _mask(b, t, seed=3)
-    f32 = _ours(q, kk, v, mask)
-    bf = _ours(q.astype(jnp.bfloat16), kk.astype(jnp.bfloat16), v.astype(jnp.bfloat16), mask)
-    assert bf.dtype == jnp.bfloat16
-    np.testing.assert_allclose(np.asarray(bf, np.float32), f32, atol=0.05)
-    grads = jax.grad(
-        lambda q: jnp.sum(_ours(q, kk.astype(q.dtype), v.astype(q.dtype), mask).astype(jnp.float32))
-    )(q.astype(jnp.bfloat16))
-    assert np.isfinite(np.asarray(grads, np.float32)).all()
 
 
 def test_cached_attention_matches_the_reference_over_a_cache_layout():
@@ -90,46 +29,19 @@ def test_cached_attention_matches_the_reference_over_a_cache_layout():
     k_BSKH = jnp.asarray(r.normal(size=(b, s, k, h)), jnp.float32)
     v_BSKH = jnp.asarray(r.normal(size=(b, s, k, h)), jnp.float32)
     mask = jnp.asarray(r.random((b, t, s)) < 0.6).at[:, :, 0].set(True)
-    got = cached_attention(
-        q, k_BSKH.transpose(0, 2, 1, 3), v_BSKH.transpose(0, 2, 1, 3), mask_to_bias(mask)
-    )
+    mask = mask.at[1, 2].set(False)  # a query with no visible key: zeros
+    got = cached_attention(q, k_BSKH.transpose(0, 2, 1, 3), v_BSKH.transpose(0, 2, 1, 3), mask)
     want = jax.nn.dot_product_attention(q, k_BSKH, v_BSKH, mask=mask[:, None])
+    want = jnp.where(jnp.any(mask, -1)[:, :, None, None], want, 0.0)
     np.testing.assert_allclose(got, want, atol=2e-6)
 
 
-def _rms_reference(x, w, eps):
-    x32 = x.astype(jnp.float32)
-    y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
-    return w.astype(x.dtype) * y.astype(x.dtype)
-
-
-def test_rms_norm_and_swiglu_match_autodiff_of_the_formulas():
-    r = np.random.default_rng(7)
-    x = jnp.asarray(r.normal(size=(3, 5, 32)), jnp.float32)
-    w = jnp.asarray(r.normal(size=(32,)), jnp.float32)
-    ct = jnp.asarray(r.normal(size=(3, 5, 32)), jnp.float32)
-    x64, w64 = np.asarray(x, np.float64), np.asarray(w, np.float64)
-    want = w64 * x64 / np.sqrt(np.mean(x64 * x64, axis=-1, keepdims=True) + 1e-5)
-    np.testing.assert_allclose(rms_norm(x, w, 1e-5, jnp.float32), want, rtol=1e-5, atol=1e-6)
-    ours = jax.grad(lambda x, w: jnp.sum(rms_norm(x, w, 1e-5, jnp.float32) * ct), (0, 1))(x, w)
-    ref = jax.grad(lambda x, w: jnp.sum(_rms_reference(x, w, 1e-5) * ct), (0, 1))(x, w)
-    for a, b in zip(ours, ref, strict=True):
-        np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
-
-    g, u = (jnp.asarray(r.normal(size=(4, 48)) * 3, jnp.float32) for _ in range(2))
-    ct2 = jnp.asarray(r.normal(size=(4, 48)), jnp.float32)
-    g64, u64 = np.asarray(g, np.float64), np.asarray(u, np.float64)
-    np.testing.assert_allclose(swiglu(g, u), g64 / (1.0 + np.exp(-g64)) * u64, rtol=1e-5, atol=1e-6)
-    ours = jax.grad(lambda g, u: jnp.sum(swiglu(g, u) * ct2), (0, 1))(g, u)
-    ref = jax.grad(lambda g, u: jnp.sum(jax.nn.silu(g) * u * ct2), (0, 1))(g, u)
-    for a, b in zip(ours, ref, strict=True):
-        np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
-
-
-def test_fused_adapter_products_equal_separate_linears():
+@pytest.mark.parametrize("table", ["portable", "cpu"])
+def test_fused_adapter_products_equal_separate_linears(table):
     lora = LoraConfig(r=4, alpha=8.0)
     rngs = nnx.Rngs(0)
     common = dict(use_bias=True, dtype=jnp.float32, param_dtype=jnp.float32, init_std=0.1)
+    common["kernels"] = kernels.CPU if table == "cpu" else kernels.PORTABLE["xla"]
     linears = tuple(
         Linear(16, o, axes=("embed", "mlp"), rngs=rngs, lora=lora, name="gate_proj", **common)
         for o in (24, 8)

@@ -11,7 +11,7 @@ from hf_fixtures import forward
 
 from almol_jax.model import ModelConfig, build_model, init_cache
 from almol_jax.model.build import abstract_model
-from almol_jax.model.llama import NEG_INF
+from almol_jax.ops.attention import NEG_INF
 
 # GQA, vocab not a multiple of 128, larger init so logits are far from uniform
 CFG = ModelConfig.preset("tiny", vocab_size=300, initializer_range=0.1)
@@ -186,17 +186,20 @@ def test_remat_same_values_and_grads():
             np.testing.assert_allclose(b, a, rtol=0, atol=1e-6)
 
 
-@pytest.mark.parametrize("impl", ["xla", "cpu"])
-def test_attention_impls_match_default(model, impl):
-    """The XLA path and the C++ CPU kernel (the default on a one-device CPU run) agree."""
-    from almol_jax.model import cpu_attention
+def test_kernel_tables_match(model):
+    """The portable kernels and the CPU wing's give the same logits (the MHA/GQA, prefix-shared,
+    gradient comparison: test_kernel_tables.py)."""
+    from almol_jax.cpu import attention_kernel
 
-    if impl == "cpu" and not cpu_attention.available():
-        pytest.skip(f"CPU attention kernel unavailable: {cpu_attention.unavailable_reason()}")
+    if not attention_kernel.available():
+        pytest.skip(f"CPU attention kernel unavailable: {attention_kernel.unavailable_reason()}")
     ids, mask = _batch(7)
-    m = build_model(CFG.replace(attention_impl=impl), rngs=0)
-    nnx.update(m, nnx.state(model))
-    np.testing.assert_allclose(forward(m, ids, mask), forward(model, ids, mask), rtol=0, atol=5e-6)
+    outs = []
+    for kernels in ("portable", "cpu"):
+        m = build_model(CFG.replace(kernels=kernels), rngs=0)
+        nnx.update(m, nnx.state(model))
+        outs.append(forward(m, ids, mask))
+    np.testing.assert_allclose(outs[0], outs[1], rtol=0, atol=5e-6)
 
 
 def test_presets_sizes():

@@ -23,6 +23,8 @@ from almol_jax.data.prefix_sharing import PREFIX_SHARING_MODES
 from almol_jax.directions import DIRECTIONS
 from almol_jax.doc_field import doc_field as _f
 from almol_jax.doc_field import section_field
+from almol_jax.model.config import REMAT_NAMES
+from almol_jax.model.kernels import ATTENTION_IMPLS, KERNEL_SETS
 from almol_jax.model.lora_config import LoraConfig
 from almol_jax.sharding import DEFAULT_RULES
 from almol_jax.train.losses import OBJECTIVES
@@ -44,12 +46,20 @@ class ModelSection:
         None, "Parameter dtype of the frozen base; None = same as dtype."
     )
     vocab_multiple: int = _f(128, "Embedding/lm_head rows are padded to a multiple of this.")
-    attention_impl: Literal["xla", "cpu", "cudnn"] | None = _f(
-        None,
-        "Attention kernel: null = the threaded C++ CPU kernel on a one-device float32 CPU run"
-        " (built on first use; XLA's if it cannot be), else xla; xla; cpu (required); cudnn.",
+    kernels: Literal[KERNEL_SETS] = _f(
+        "auto",
+        "Kernel table (model/kernels.py): portable = jnp / jax.nn with autodiff (any backend);"
+        " cpu = the CPU wing (threaded C++ attention built on first use, merged LoRA,"
+        " hand-written backward passes; float32 on the CPU backend only); auto = cpu on a"
+        " one-device float32 CPU run (XLA's attention if the C++ kernel cannot be built),"
+        " else portable.",
     )
-    remat: Literal["none", "full", "dots"] = _f("none", "Rematerialisation policy per block.")
+    attention_impl: Literal[ATTENTION_IMPLS] = _f(
+        "xla", "The portable kernels' attention: jax.nn.dot_product_attention's implementation."
+    )
+    remat: Literal[REMAT_NAMES] = _f(
+        "none", "Rematerialisation per block: none, full, dots (= dots_saveable)."
+    )
 
 
 @dataclass(frozen=True)
@@ -282,11 +292,11 @@ class RuntimeSection:
         "glibc malloc: keep = reuse freed host buffers (no per-step page faults on the CPU "
         "backend; the process keeps its peak memory), system = leave malloc alone, auto = keep "
         "for training on the CPU backend (not for eval.py: it slows compiles; "
-        "almol_jax/host_allocator.py).",
+        "almol_jax/cpu/host_allocator.py).",
     )
     cpu_devices: int = _f(
         1,
         "XLA CPU devices in the process (0 = one per usable CPU). More than one: eval.py "
         "--checkpoint decodes data-parallel across them on the CPU backend, weights replicated "
-        "(almol_jax/cpu_devices.py); training shards over them as mesh says (slower on the CPU).",
+        "(almol_jax/cpu/devices.py); training shards over them as mesh says (slower on the CPU).",
     )

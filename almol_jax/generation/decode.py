@@ -10,6 +10,7 @@ passing zeros for the LoRAParam state (the same graphdef; no base weight is copi
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -17,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from almol_jax import xla_cpu_options
+from almol_jax.cpu import runtime
 from almol_jax.generation.sampling import select_next_token
 from almol_jax.generation.settings import DecodeSettings
 
@@ -118,11 +119,13 @@ def first_eos_lengths(tokens_BN: jax.Array, eos_ids: tuple[int, ...]) -> jax.Arr
 _STATIC = ("graphdef", "settings", "eos_ids", "pad_id")
 
 
+@functools.cache
 def _decode_program():
-    """The jitted decoder for the default backend (CPU: with xla_cpu_options.DECODE)."""
-    if xla_cpu_options.for_backend(xla_cpu_options.DECODE) is not None:
-        return _decode_jit_cpu
-    return _decode_jit
+    """The jitted decoder for the default backend (CPU: with the "decode" XLA:CPU options)."""
+    options = runtime.compiler_options("decode")
+    if options is None:
+        return _decode_jit
+    return jax.jit(_decode, static_argnames=_STATIC, compiler_options=options)
 
 
 def _decode(graphdef, states, input_ids_BP, attention_mask_BP, key, *, settings, eos_ids, pad_id):
@@ -156,7 +159,6 @@ def _decode(graphdef, states, input_ids_BP, attention_mask_BP, key, *, settings,
 
 
 _decode_jit = jax.jit(_decode, static_argnames=_STATIC)
-_decode_jit_cpu = jax.jit(_decode, static_argnames=_STATIC, compiler_options=xla_cpu_options.DECODE)
 
 
 def decode_tokens(

@@ -1,5 +1,5 @@
-"""Self-attention: mask building, GQA/MQA attention (softmax_attention.py, the CPU kernel of
-cpu_attention.py, or jax.nn's cuDNN), KV cache.
+"""Self-attention: mask building, the attention layer (its uncached attention from the kernel
+table, model/kernels.py) and the cached (decode) attention over a KV cache.
 
 A query may attend a key iff: key index <= query index (causal, by index in the row) AND the key
 is valid (padding mask) AND segment ids are equal (when given) AND mask_BTS[b, t, s] (when
@@ -13,12 +13,19 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from almol_jax.model import cpu_attention
 from almol_jax.model.config import ModelConfig
+from almol_jax.model.kernels import Kernels
 from almol_jax.model.lora import Linear, project
 from almol_jax.model.lora_config import LoraConfig
 from almol_jax.model.rope import apply_rope
-from almol_jax.model.softmax_attention import cached_attention, mask_to_bias, softmax_attention
+from almol_jax.ops.attention import (
+    bias_B1MS,
+    mask_to_bias,
+    probabilities,
+    queries_BKMH,
+    rows_BTNH,
+    zero_keyless_rows,
+)
 
 
 def build_mask(
@@ -43,6 +50,20 @@ def build_mask(
     return allowed_BTS
 
 
+def cached_attention(
+    q_BTNH: jax.Array, k_BKSH: jax.Array, v_BKSH: jax.Array, mask_BTS: jax.Array
+) -> jax.Array:
+    """Attention over one layer of a KV cache laid out [B, K, S, H] -> [B, T, N, H], keyless rows
+    0 (inference only: plain jnp in the grouped layout of ops/attention.py, never differentiated)."""
+    b, t, n, h = q_BTNH.shape
+    num_kv = k_BKSH.shape[1]
+    q_BKMH = queries_BKMH(q_BTNH.astype(k_BKSH.dtype), num_kv)
+    bias = bias_B1MS(mask_to_bias(mask_BTS), n // num_kv)
+    p_BKMS = probabilities(q_BKMH, k_BKSH, bias, h**-0.5)
+    o_BKMH = jnp.einsum("bkms,bksh->bkmh", p_BKMS, v_BKSH)
+    return zero_keyless_rows(rows_BTNH(o_BKMH, t).astype(q_BTNH.dtype), mask_BTS)
+
+
 def take_rows(x_BT_: jax.Array, index_BL: jax.Array) -> jax.Array:
     """x[b, index[b, l], ...] -> [B, L, ...] (rows of each batch element, any trailing dims)."""
     index = index_BL.reshape(index_BL.shape + (1,) * (x_BT_.ndim - 2))
@@ -52,7 +73,9 @@ def take_rows(x_BT_: jax.Array, index_BL: jax.Array) -> jax.Array:
 class Attention(nnx.Module):
     """LLaMA attention with q/k/v/o projections (optionally biased, optionally LoRA-adapted)."""
 
-    def __init__(self, config: ModelConfig, *, lora: LoraConfig | None, rngs: nnx.Rngs):
+    def __init__(
+        self, config: ModelConfig, *, lora: LoraConfig | None, kernels: Kernels, rngs: nnx.Rngs
+    ):
         d, n, k, h = (
             config.hidden_size,
             config.num_attention_heads,
@@ -65,6 +88,7 @@ class Attention(nnx.Module):
             param_dtype=config.storage_dtype,
             init_std=config.initializer_range,
             rngs=rngs,
+            kernels=kernels,
             lora=lora,
         )
         self.q_proj = Linear(d, n * h, axes=("embed", "heads"), name="q_proj", **common)
@@ -72,7 +96,7 @@ class Attention(nnx.Module):
         self.v_proj = Linear(d, k * h, axes=("embed", "kv_heads"), name="v_proj", **common)
         self.o_proj = Linear(n * h, d, axes=("heads", "embed"), name="o_proj", **common)
         self.num_heads, self.num_kv_heads, self.head_dim = n, k, h
-        self.attention_impl = config.attention_impl
+        self.kernels = kernels
 
     def __call__(
         self,
@@ -102,8 +126,9 @@ class Attention(nnx.Module):
         q_BTNH = apply_rope(q_BTO.reshape(b, -1, self.num_heads, self.head_dim), rope_q)
         k_BTKH = apply_rope(k_BTO.reshape(b, t, self.num_kv_heads, self.head_dim), rope)
         v_BTKH = v_BTO.reshape(b, t, self.num_kv_heads, self.head_dim)
-        keyless_zeroed = False
-        if kv_BKSH is not None:
+        if kv_BKSH is None:
+            out_BTNH = self.kernels.attention(q_BTNH, k_BTKH, v_BTKH, mask_BTS)
+        else:
             # the cache is [B, K, S, H]: heads before slots, so that the decode-step products
             # read it without a transposed copy
             start = (0, 0, end_index, 0)
@@ -112,23 +137,6 @@ class Attention(nnx.Module):
                 for c, new in zip(kv_BKSH, (k_BTKH, v_BTKH), strict=True)
             )
             kv_BKSH = (k_BKSH, v_BKSH)
-            out_BTNH = cached_attention(q_BTNH, k_BKSH, v_BKSH, mask_to_bias(mask_BTS))
-        elif cpu_attention.chosen(self.attention_impl, q_BTNH.dtype):
-            out_BTNH = cpu_attention.cpu_attention(q_BTNH, k_BTKH, v_BTKH, mask_BTS)
-            keyless_zeroed = True  # the kernel's rows with no visible key are zeros already
-        elif self.attention_impl in (None, "xla"):
-            out_BTNH = softmax_attention(q_BTNH, k_BTKH, v_BTKH, mask_to_bias(mask_BTS))
-        else:
-            out_BTNH = jax.nn.dot_product_attention(
-                q_BTNH,
-                k_BTKH.astype(q_BTNH.dtype),
-                v_BTKH.astype(q_BTNH.dtype),
-                mask=mask_BTS[:, None, :, :],
-                implementation=self.attention_impl,
-            )
-        if not keyless_zeroed:
-            # a query with no visible key (padding) gets zeros, not a uniform mix of hidden keys
-            has_key_BT11 = jnp.any(mask_BTS, axis=-1)[:, :, None, None]
-            out_BTNH = jnp.where(has_key_BT11, out_BTNH, jnp.zeros_like(out_BTNH))
+            out_BTNH = cached_attention(q_BTNH, k_BKSH, v_BKSH, mask_BTS)
         out_BTD = self.o_proj(out_BTNH.reshape(b, -1, self.num_heads * self.head_dim))
         return out_BTD, kv_BKSH

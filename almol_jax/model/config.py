@@ -13,12 +13,20 @@ import json
 from pathlib import Path
 from typing import Any
 
+import jax
 import jax.numpy as jnp
+
+from almol_jax.model.kernels import ATTENTION_IMPLS, KERNEL_SETS
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 _ROPE_TYPES = ("default", "linear", "llama3")
-_REMAT = ("none", "full", "dots", "dots_saveable")
-_ATTN_IMPLS = (None, "xla", "cpu", "cudnn")
+# per-block rematerialisation: name -> jax.checkpoint policy (None: save nothing); "none" = off
+REMAT_POLICIES = {
+    "full": None,
+    "dots": jax.checkpoint_policies.dots_saveable,
+    "dots_saveable": jax.checkpoint_policies.dots_saveable,
+}
+REMAT_NAMES = ("none", *REMAT_POLICIES)
 
 
 def dtype_of(name: str):
@@ -54,10 +62,10 @@ class ModelConfig:
     vocab_multiple: int = 128  # pad the vocabulary axis to a multiple of this (1: no padding)
     dtype: str = "float32"  # compute dtype
     param_dtype: str = "float32"  # storage dtype of the base parameters
-    # None: the CPU kernel (cpu_attention.py) on a one-device CPU run in float32, else "xla";
-    # "xla": softmax_attention.py; "cpu": the kernel (an error if it cannot be built); "cudnn"
-    attention_impl: str | None = None
-    remat: str = "none"  # per-block rematerialisation: none | full | dots (= dots_saveable)
+    # kernel table (model/kernels.py): auto = cpu on a one-device float32 CPU run, else portable
+    kernels: str = "auto"
+    attention_impl: str = "xla"  # the portable kernels' jax.nn attention: xla | cudnn
+    remat: str = "none"  # per-block rematerialisation: REMAT_NAMES (dots = dots_saveable)
 
     def __post_init__(self):
         n_heads = self.num_attention_heads
@@ -86,10 +94,17 @@ class ModelConfig:
             raise ValueError(f"hidden_act={self.hidden_act!r} is not supported (only 'silu')")
         if self.vocab_multiple < 1:
             raise ValueError(f"vocab_multiple={self.vocab_multiple} must be >= 1")
-        if self.attention_impl not in _ATTN_IMPLS:
-            raise ValueError(f"attention_impl={self.attention_impl!r} not in {_ATTN_IMPLS}")
-        if self.remat not in _REMAT:
-            raise ValueError(f"remat={self.remat!r} not in {_REMAT}")
+        if self.kernels not in KERNEL_SETS:
+            raise ValueError(f"kernels={self.kernels!r} not in {KERNEL_SETS}")
+        if self.attention_impl not in ATTENTION_IMPLS:
+            raise ValueError(f"attention_impl={self.attention_impl!r} not in {ATTENTION_IMPLS}")
+        if self.kernels == "cpu" and self.attention_impl != "xla":
+            raise ValueError(
+                f"attention_impl={self.attention_impl!r} applies to kernels='portable'; "
+                "kernels='cpu' runs its own attention"
+            )
+        if self.remat not in REMAT_NAMES:
+            raise ValueError(f"remat={self.remat!r} not in {REMAT_NAMES}")
         dtype_of(self.dtype)
         dtype_of(self.param_dtype)
         if self.rope_scaling is not None:

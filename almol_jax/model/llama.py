@@ -13,25 +13,19 @@ import jax.numpy as jnp
 from flax import nnx
 
 from almol_jax.model.attention import Attention, build_mask, take_rows
-from almol_jax.model.config import ModelConfig
-from almol_jax.model.elementwise import rms_norm, swiglu
+from almol_jax.model.config import REMAT_POLICIES, ModelConfig
+from almol_jax.model.kernels import Kernels, choose
 from almol_jax.model.kv_cache import KVCache
 from almol_jax.model.lora import Linear, project
 from almol_jax.model.lora_config import LoraConfig
 from almol_jax.model.rope import inv_frequencies, rope_tables
-
-NEG_INF = -1e30
-_REMAT_POLICIES = {
-    "full": None,
-    "dots": jax.checkpoint_policies.dots_saveable,
-    "dots_saveable": jax.checkpoint_policies.dots_saveable,
-}
+from almol_jax.ops.attention import NEG_INF
 
 
 class RMSNorm(nnx.Module):
     """HF LlamaRMSNorm: float32 statistics, cast back, then scale."""
 
-    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+    def __init__(self, config: ModelConfig, *, kernels: Kernels, rngs: nnx.Rngs):
         del rngs
         d = config.hidden_size
         self.scale = nnx.Param(
@@ -39,9 +33,10 @@ class RMSNorm(nnx.Module):
         )
         self.eps = config.rms_norm_eps
         self.dtype = config.compute_dtype
+        self.kernels = kernels
 
     def __call__(self, x_BTD: jax.Array) -> jax.Array:
-        return rms_norm(x_BTD, self.scale[...], self.eps, self.dtype)
+        return self.kernels.rms_norm(x_BTD, self.scale[...], self.eps, self.dtype)
 
 
 class Embed(nnx.Module):
@@ -65,7 +60,9 @@ class Embed(nnx.Module):
 class MLP(nnx.Module):
     """SwiGLU: down(silu(gate(x)) * up(x))."""
 
-    def __init__(self, config: ModelConfig, *, lora: LoraConfig | None, rngs: nnx.Rngs):
+    def __init__(
+        self, config: ModelConfig, *, lora: LoraConfig | None, kernels: Kernels, rngs: nnx.Rngs
+    ):
         d, f = config.hidden_size, config.intermediate_size
         common = dict(
             use_bias=config.mlp_bias,
@@ -73,25 +70,29 @@ class MLP(nnx.Module):
             param_dtype=config.storage_dtype,
             init_std=config.initializer_range,
             rngs=rngs,
+            kernels=kernels,
             lora=lora,
         )
         self.gate_proj = Linear(d, f, axes=("embed", "mlp"), name="gate_proj", **common)
         self.up_proj = Linear(d, f, axes=("embed", "mlp"), name="up_proj", **common)
         self.down_proj = Linear(f, d, axes=("mlp", "embed"), name="down_proj", **common)
+        self.kernels = kernels
 
     def __call__(self, x_BTD: jax.Array) -> jax.Array:
         g_BTF, u_BTF = project((self.gate_proj, self.up_proj), x_BTD)
-        return self.down_proj(swiglu(g_BTF, u_BTF))
+        return self.down_proj(self.kernels.swiglu(g_BTF, u_BTF))
 
 
 class Block(nnx.Module):
     """Pre-norm decoder layer: x + attn(norm(x)); x + mlp(norm(x))."""
 
-    def __init__(self, config: ModelConfig, *, lora: LoraConfig | None, rngs: nnx.Rngs):
-        self.input_layernorm = RMSNorm(config, rngs=rngs)
-        self.self_attn = Attention(config, lora=lora, rngs=rngs)
-        self.post_attention_layernorm = RMSNorm(config, rngs=rngs)
-        self.mlp = MLP(config, lora=lora, rngs=rngs)
+    def __init__(
+        self, config: ModelConfig, *, lora: LoraConfig | None, kernels: Kernels, rngs: nnx.Rngs
+    ):
+        self.input_layernorm = RMSNorm(config, kernels=kernels, rngs=rngs)
+        self.self_attn = Attention(config, lora=lora, kernels=kernels, rngs=rngs)
+        self.post_attention_layernorm = RMSNorm(config, kernels=kernels, rngs=rngs)
+        self.mlp = MLP(config, lora=lora, kernels=kernels, rngs=rngs)
 
     def __call__(self, x_BTD, rope, mask_BTS, kv_BKSH=None, end_index=None, query_index_BL=None):
         """[B, T, D] -> [B, T, D], or [B, L, D]: the rows at `query_index_BL` (see Attention)."""
@@ -112,21 +113,29 @@ def _run_block(block, x_BTD, rope, mask_BTS, kv_BKSH, end_index, query_index_BL=
 class LlamaModel(nnx.Module):
     """Embedding, decoder layers and final norm (HF's `model.` prefix)."""
 
-    def __init__(self, config: ModelConfig, *, lora: LoraConfig | None, rngs: nnx.Rngs):
+    def __init__(
+        self, config: ModelConfig, *, lora: LoraConfig | None, kernels: Kernels, rngs: nnx.Rngs
+    ):
         self.embed_tokens = Embed(config, rngs=rngs)
         self.layers = nnx.List(
-            [Block(config, lora=lora, rngs=rngs) for _ in range(config.num_hidden_layers)]
+            [
+                Block(config, lora=lora, kernels=kernels, rngs=rngs)
+                for _ in range(config.num_hidden_layers)
+            ]
         )
-        self.norm = RMSNorm(config, rngs=rngs)
+        self.norm = RMSNorm(config, kernels=kernels, rngs=rngs)
 
 
 class LlamaForCausalLM(nnx.Module):
-    """Causal LM: `model(input_ids_BT, attention_mask_BT, ...)` -> float32 logits [B, T, V]."""
+    """Causal LM: `model(input_ids_BT, attention_mask_BT, ...)` -> float32 logits [B, T, V].
+
+    The kernel table (model/kernels.py) is chosen here, once, from `config.kernels`."""
 
     def __init__(self, config: ModelConfig, *, lora: LoraConfig | None = None, rngs: nnx.Rngs):
         self.config = config
         self.lora_config = lora
-        self.model = LlamaModel(config, lora=lora, rngs=rngs)
+        kernels = choose(config)
+        self.model = LlamaModel(config, lora=lora, kernels=kernels, rngs=rngs)
         if config.tie_word_embeddings:
             self.lm_head = None
         else:
@@ -139,6 +148,7 @@ class LlamaForCausalLM(nnx.Module):
                 param_dtype=config.storage_dtype,
                 init_std=config.initializer_range,
                 rngs=rngs,
+                kernels=kernels,
                 lora=None,
                 name="lm_head",
             )
@@ -193,7 +203,7 @@ class LlamaForCausalLM(nnx.Module):
             if policy == "none"
             else nnx.remat(
                 _run_block,
-                policy=_REMAT_POLICIES[policy],
+                policy=REMAT_POLICIES[policy],
                 prevent_cse=True,
                 # the train step merges the model inside value_and_grad / lax.scan: no graph
                 # updates may leak out of the rematerialised block

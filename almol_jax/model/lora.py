@@ -21,37 +21,13 @@ import jax.numpy as jnp
 from flax import nnx
 
 from almol_jax.model.config import dtype_of
+from almol_jax.model.kernels import Kernels
 from almol_jax.model.lora_config import LoraConfig
-from almol_jax.model.merged_lora import merged_project
+from almol_jax.ops.lora_products import Adapters
 
 
 class LoRAParam(nnx.Variable):
     """A LoRA adapter matrix (A or B). Deliberately not an nnx.Param."""
-
-
-@jax.custom_vjp
-def adapter_down(x_NI: jax.Array, a_IR: jax.Array) -> jax.Array:
-    """x @ A for rows x [N, I] and an adapter A [I, R], with a hand-written backward.
-
-    Autodiff's dA = x^T g is a product whose [I, R] result has R (the rank) as its minor
-    dimension; XLA:CPU runs that contraction over N at ~45 GFLOP/s. dA^T = g^T x [R, I] is the
-    same numbers computed at ~130 GFLOP/s, and its [R, I] -> [I, R] transpose is small (the
-    optimization barrier keeps XLA from folding the transpose back into the product).
-    """
-    return x_NI @ a_IR
-
-
-def _adapter_down_fwd(x_NI, a_IR):
-    return x_NI @ a_IR, (x_NI, a_IR)
-
-
-def _adapter_down_bwd(residuals, g_NR):
-    x_NI, a_IR = residuals
-    da_RI = jax.lax.dot_general(g_NR, x_NI, (((0,), (0,)), ((), ())))
-    return g_NR @ a_IR.T, jax.lax.optimization_barrier(da_RI).T
-
-
-adapter_down.defvjp(_adapter_down_fwd, _adapter_down_bwd)
 
 
 class Linear(nnx.Module):
@@ -68,10 +44,12 @@ class Linear(nnx.Module):
         param_dtype,
         init_std: float,
         rngs: nnx.Rngs,
+        kernels: Kernels,
         lora: LoraConfig | None = None,
         name: str = "",
     ):
         self.dtype = dtype
+        self.kernels = kernels
         kernel = init_std * jax.random.normal(rngs.params(), (in_features, out_features))
         self.kernel = nnx.Param(kernel.astype(param_dtype), out_sharding=axes, eager_sharding=False)
         self.bias = (
@@ -107,103 +85,46 @@ class Linear(nnx.Module):
         if lora_enabled is not None:
             self.lora_enabled = lora_enabled
 
+    @property
+    def adapted(self) -> bool:
+        """Whether this projection adds its adapter (it has one and it is switched on)."""
+        return self.lora_a is not None and self.lora_enabled
+
     def __call__(self, x_BTI: jax.Array) -> jax.Array:
-        if _mergeable((self,), _rows(x_BTI)):
-            return _merged((self,), x_BTI)[0]
-        y_BTO = jnp.einsum("...i,io->...o", x_BTI, self.kernel[...].astype(self.dtype))
-        if self.lora_a is not None and self.lora_enabled:
-            x_in = x_BTI if self.lora_dropout is None else self.lora_dropout(x_BTI)
-            a_IR = self.lora_a[...].astype(self.dtype)
-            b_RO = self.lora_b[...].astype(self.dtype)
-            # on 2-D rows: XLA's CPU backward of the 3-D product is ~4x slower (issue 8)
-            x_NI = x_in.reshape(-1, x_in.shape[-1])
-            # the scale multiplies the thin [rows, R] factor, not the [rows, O] output: the
-            # output's cotangent then reaches the base and the adapter as one tensor (with the
-            # scale on the output XLA:CPU recomputed the whole upstream backward expression,
-            # e.g. SwiGLU's, once per branch; issue 8)
-            lora_NO = (self.lora_scale * adapter_down(x_NI, a_IR)) @ b_RO
-            y_BTO = y_BTO + lora_NO.reshape(y_BTO.shape)
-        if self.bias is not None:
-            y_BTO = y_BTO + self.bias[...].astype(self.dtype)
-        return y_BTO
+        return project((self,), x_BTI)[0]
 
 
-# merge only when the rows outnumber the rank this many times: merging costs I*O*R multiply-adds
-# per kernel against the product's N*I*O, so a decode step (N = the batch) keeps the thin
-# products, a training step or a prefill merges
-MERGE_MIN_ROWS_PER_RANK = 8
-
-
-def _mergeable(linears: tuple[Linear, ...], rows: int) -> bool:
-    """Whether these projections run through merged_lora.merged_project: active adapters
-    without dropout, all computing in float32 (merging into bf16 kernels would round the
-    update away), over enough rows for the merge to pay."""
-    return all(
-        m.lora_a is not None
-        and m.lora_enabled
-        and m.lora_dropout is None
-        and jnp.dtype(m.dtype) == jnp.float32
-        and rows >= MERGE_MIN_ROWS_PER_RANK * m.lora_a.shape[1]
-        for m in linears
-    )
-
-
-def _rows(x_BTI: jax.Array) -> int:
-    return math.prod(x_BTI.shape[:-1])
-
-
-def _merged(linears: tuple[Linear, ...], x_BTI: jax.Array) -> list[jax.Array]:
-    """The outputs of `linears` on x through merged_lora.merged_project (see `_mergeable`)."""
-    dtype = linears[0].dtype
-    ys = merged_project(
-        x_BTI.reshape(-1, x_BTI.shape[-1]),
-        tuple(m.kernel[...].astype(dtype) for m in linears),
-        jnp.concatenate([m.lora_a[...].astype(dtype) for m in linears], axis=1),
-        tuple(m.lora_b[...].astype(dtype) for m in linears),
-        tuple(float(m.lora_scale) for m in linears),
-    )
-    outs = []
-    for m, y_NO in zip(linears, ys, strict=True):
-        y_BTO = y_NO.reshape(*x_BTI.shape[:-1], y_NO.shape[-1])
-        if m.bias is not None:
-            y_BTO = y_BTO + m.bias[...].astype(m.dtype)
-        outs.append(y_BTO)
-    return outs
+def _shared_adapter_input(linears: tuple[Linear, ...]) -> bool:
+    """Whether the adapters of `linears` read one input: all adapted without dropout (an
+    independent mask per projection, as in PEFT), or none adapted."""
+    if not any(m.adapted for m in linears):
+        return True
+    return all(m.adapted and m.lora_dropout is None for m in linears)
 
 
 def project(linears: tuple[Linear, ...], x_BTI: jax.Array) -> list[jax.Array]:
     """`[linear(x) for linear in linears]` for projections that share their input (q/k/v,
-    gate/up), with the adapters' down-projections fused into one product.
-
-    x @ [A_1 | A_2 | ...] is one [rows, n*R] product instead of n thin [rows, R] ones, and its
-    gradient is one x^T @ [...] instead of n (on the CPU the thin products run at a fraction of
-    the matmul peak; issue 8). The base kernels stay separate products: concatenating them would
-    regroup a tensor-parallel "heads"/"mlp" sharding. The result equals the unfused computation
-    up to float rounding; with adapter dropout (an independent mask per projection, as in PEFT)
-    or adapters switched off it is exactly the unfused one.
-    """
-    if _mergeable(linears, _rows(x_BTI)):
-        return _merged(linears, x_BTI)
-    fusable = len(linears) > 1 and all(
-        m.lora_a is not None and m.lora_enabled and m.lora_dropout is None for m in linears
-    )
-    if not fusable:
+    gate/up, or one projection), through the kernel table's `lora_project` (the adapters'
+    down-projections fused into one product; ops/lora_products.py). Projections whose adapters
+    cannot share an input (dropout, some switched off) run one by one."""
+    if len(linears) > 1 and not _shared_adapter_input(linears):
         return [m(x_BTI) for m in linears]
-    dtype = linears[0].dtype
-    a_IR = jnp.concatenate([m.lora_a[...].astype(dtype) for m in linears], axis=1)
-    x_NI = x_BTI.reshape(-1, x_BTI.shape[-1])
-    xa_NR = adapter_down(x_NI, a_IR)
-    outs, start = [], 0
-    for m in linears:
-        r = m.lora_a.shape[1]
-        lora_NO = (m.lora_scale * xa_NR[:, start : start + r]) @ m.lora_b[...].astype(dtype)
-        start += r
-        y_BTO = jnp.einsum("...i,io->...o", x_BTI, m.kernel[...].astype(m.dtype))
-        y_BTO = y_BTO + lora_NO.reshape(y_BTO.shape)
-        if m.bias is not None:
-            y_BTO = y_BTO + m.bias[...].astype(m.dtype)
-        outs.append(y_BTO)
-    return outs
+    first = linears[0]
+    adapters = None
+    if first.adapted:
+        dtype = first.dtype
+        adapters = Adapters(
+            a_IR=jnp.concatenate([m.lora_a[...].astype(dtype) for m in linears], axis=1),
+            bs=tuple(m.lora_b[...].astype(dtype) for m in linears),
+            scales=tuple(float(m.lora_scale) for m in linears),
+            x_BTI=None if first.lora_dropout is None else first.lora_dropout(x_BTI),
+        )
+    kernels = tuple(m.kernel[...].astype(m.dtype) for m in linears)
+    ys = first.kernels.lora_project(x_BTI, kernels, adapters)
+    return [
+        y_BTO if m.bias is None else y_BTO + m.bias[...].astype(m.dtype)
+        for m, y_BTO in zip(linears, ys, strict=True)
+    ]
 
 
 def lora_state(model: nnx.Module) -> nnx.State:

@@ -22,8 +22,8 @@ from typing import Any
 
 import jax
 
-from almol_jax import host_allocator
 from almol_jax.config import dump_config
+from almol_jax.cpu import runtime as cpu_runtime
 from almol_jax.sharding import batch_shard_count
 from almol_jax.train import data_setup, placement
 from almol_jax.train import optimizer as opt_lib
@@ -70,7 +70,7 @@ def run_training(
     NaN). `stop` lets a caller request a clean stop (checkpoint, then return) like SIGTERM does.
     """
     maybe_initialize(cfg.mesh)
-    host_allocator.settle(cfg.runtime.host_allocator, jax.default_backend())
+    cpu_runtime.settle(cfg.runtime)
     primary = jax.process_index() == 0
     run_dir = Path(cfg.output_dir).absolute()
     if primary:

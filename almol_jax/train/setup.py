@@ -32,6 +32,7 @@ def _model_overrides(cfg) -> dict[str, Any]:
         dtype=m.dtype,
         param_dtype=m.param_dtype or m.dtype,
         vocab_multiple=m.vocab_multiple,
+        kernels=m.kernels,
         attention_impl=m.attention_impl,
         remat=m.remat,
     )

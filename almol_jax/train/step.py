@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx, struct
 
-from almol_jax import xla_cpu_options
+from almol_jax.cpu import runtime
 from almol_jax.data.prefix_sharing import ROLE_CHOSEN
 from almol_jax.train import losses
 from almol_jax.train.chunked_logprobs import response_logprobs
@@ -235,24 +235,24 @@ def state_shardings(trainable_shardings, tx: optax.GradientTransformation, train
 
 def build_train_step(*, state_sharding, frozen_sharding, batch_sharding, replicated):
     """jax.jit(train_step) with explicit shardings, the state donated, (graphdef, settings) static
-    (and xla_cpu_options.TRAIN_STEP on the CPU backend)."""
+    (and the "train_step" XLA:CPU options on the CPU backend)."""
     return jax.jit(
         train_step,
         static_argnames=("graphdef", "settings"),
         in_shardings=(state_sharding, frozen_sharding, batch_sharding),
         out_shardings=(state_sharding, replicated),
         donate_argnames=("state",),
-        compiler_options=xla_cpu_options.for_backend(xla_cpu_options.TRAIN_STEP),
+        compiler_options=runtime.compiler_options("train_step"),
     )
 
 
 def build_eval_step(*, trainable_sharding, frozen_sharding, batch_sharding, replicated):
     """jax.jit(eval_step) with explicit shardings and (graphdef, settings) static (and
-    xla_cpu_options.TRAIN_STEP on the CPU backend)."""
+    the "train_step" XLA:CPU options on the CPU backend)."""
     return jax.jit(
         eval_step,
         static_argnames=("graphdef", "settings"),
         in_shardings=(trainable_sharding, frozen_sharding, batch_sharding),
         out_shardings=replicated,
-        compiler_options=xla_cpu_options.for_backend(xla_cpu_options.TRAIN_STEP),
+        compiler_options=runtime.compiler_options("train_step"),
     )

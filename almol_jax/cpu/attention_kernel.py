@@ -1,20 +1,22 @@
 """Threaded, mask-aware CPU attention: a C++ kernel (kernels/cpu_attention.cc) via the XLA FFI.
 
-`cpu_attention(q_BTNH, k_BSKH, v_BSKH, mask_BTS)` computes what `softmax_attention` does (same
-grouping, float32) with a hand-written backward pass, and differs in how: the (batch, kv head)
-items run on XLA's intra-op thread pool (XLA:CPU runs a batched matrix product on one thread),
-and a 64 x 64 tile of scores whose keys its queries cannot see is never computed (a causal,
-prefix-shared CPO row sees ~45% of its [T, S] square). The backward pass recomputes the
-probabilities from the saved log-sum-exp instead of storing them.
+`cpu_attention(q_BTNH, k_BSKH, v_BSKH, mask_BTS)` computes what softmax_attention.py does (same
+grouping, float32; rows with no visible key are zeros) with a hand-written backward pass, and
+differs in how: the (batch, kv head) items run on XLA's intra-op thread pool (XLA:CPU runs a
+batched matrix product on one thread), and a 64 x 64 tile of scores whose keys its queries
+cannot see is never computed (a causal, prefix-shared CPO row sees ~45% of its [T, S] square).
+The backward pass recomputes the probabilities from the saved log-sum-exp instead of storing
+them.
 
 The kernel is compiled on first use with the host's C++ compiler (`$CXX`, else c++ / g++ /
 clang++; -O3 -march=native, or `-march=$ALMOL_JAX_KERNEL_MARCH`, e.g. a common baseline for a
 cache shared by different CPUs) into a cache directory keyed by the source, the flags, the
 jaxlib version and the CPU (`$ALMOL_JAX_KERNEL_CACHE`, default ~/.cache/almol_jax/kernels), then
 registered as an FFI target. The vector width follows the target: 16 floats with AVX-512, 8
-with AVX, 4 otherwise (SSE, NEON). `available()` says whether that worked and `unavailable_reason()` why not; callers
-choosing it automatically (`attention_impl: null` on the CPU) fall back to `softmax_attention`
-with a warning, callers asking for it (`attention_impl: cpu`) get the error.
+with AVX, 4 otherwise (SSE, NEON). `available()` says whether that worked and
+`unavailable_reason()` why not: the kernel table chosen automatically (`model.kernels: auto`)
+then runs softmax_attention.py with a warning, while `model.kernels: cpu` is an error
+(model/kernels.py).
 """
 
 from __future__ import annotations
@@ -26,7 +28,6 @@ import platform
 import shutil
 import subprocess
 import tempfile
-import warnings
 from pathlib import Path
 
 import jax
@@ -121,9 +122,7 @@ def require() -> None:
     """Raise RuntimeError with the build's message when the kernel cannot be used."""
     reason = _load()
     if reason is not None:
-        raise RuntimeError(
-            f"attention_impl='cpu': the CPU attention kernel is unavailable: {reason}"
-        )
+        raise RuntimeError(f"kernels='cpu': the CPU attention kernel is unavailable: {reason}")
 
 
 def tile_states(mask_BTS: jax.Array) -> jax.Array:
@@ -199,37 +198,4 @@ def cpu_attention(
         mask_BTS.astype(jnp.uint8),
         tile_states(mask_BTS),
         1.0 / float(h) ** 0.5,
-    )
-
-
-def chosen(attention_impl: str | None, dtype) -> bool:
-    """Whether an attention layer computing in `dtype` runs the kernel (at trace time).
-
-    "cpu" always does (RuntimeError if the kernel cannot be built); None does on a one-device
-    CPU backend in float32 when the kernel is available (else XLA's, with a warning once)."""
-    if attention_impl == "cpu":
-        if jax.default_backend() != "cpu":
-            raise ValueError(
-                f"attention_impl='cpu' runs on the CPU backend only, not {jax.default_backend()!r}"
-            )
-        require()
-        if jnp.dtype(dtype) != jnp.float32:
-            raise ValueError(f"attention_impl='cpu' computes in float32, not {jnp.dtype(dtype)}")
-        return True
-    if attention_impl is not None:
-        return False
-    if jnp.dtype(dtype) != jnp.float32 or jax.default_backend() != "cpu" or jax.device_count() != 1:
-        return False
-    if not available():
-        _warn_once()
-        return False
-    return True
-
-
-@functools.cache
-def _warn_once() -> None:
-    warnings.warn(
-        f"the CPU attention kernel is unavailable ({_load()}); using the XLA attention",
-        RuntimeWarning,
-        stacklevel=4,
     )

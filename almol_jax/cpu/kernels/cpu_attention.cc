@@ -1,6 +1,6 @@
 // Multi-threaded, mask-aware dot-product attention for XLA:CPU (float32), forward and backward.
 //
-// Built on first use by almol_jax/model/cpu_attention.py (c++ -O3 -march=native) and called
+// Built on first use by almol_jax/cpu/attention_kernel.py (c++ -O3 -march=native) and called
 // through the XLA FFI. Why it exists (issue 8): XLA:CPU runs a batched matrix product on one
 // thread and skips no work for masked keys; here the (batch, kv head) items are spread over
 // XLA's intra-op thread pool, and 64x64 score tiles with no visible key are never computed.

@@ -5,12 +5,14 @@ program only (XLA_FLAGS would apply to every program of the process, and a user'
 untouched). They are experimental flags: a jaxlib that does not know one rejects it, and then
 the program compiles without (probed once per option set). Only the CPU backend gets them.
 
-- TRAIN_STEP (train/step.py's train and eval steps, the bench's step): XLA's loop emitters
+Programs by name (`PROGRAMS`; cpu/runtime.compiler_options is the door):
+
+- "train_step" (train/step.py's train and eval steps, the bench's step): XLA's loop emitters
   instead of its newer fusion emitters. The step's elementwise fusions (SwiGLU's and RMSNorm's
   backward, rotary, the LoRA sums) ran ~5% faster that way: cpo-small 0.163 -> 0.155 s/step
   with two threads, 0.280 -> 0.257 s on one core; cpo-d512 unchanged (issue 8,
   docs/benchmarks.md).
-- DECODE (generation/decode.py): YNNPACK fusions off. The decode loop's one-row-per-prompt
+- "decode" (generation/decode.py): YNNPACK fusions off. The decode loop's one-row-per-prompt
   products and small reductions ran ~7-10% faster through XLA's own kernels, whereas the
   training step's large products are faster with YNNPACK.
 """
@@ -22,8 +24,10 @@ import functools
 import jax
 import jax.numpy as jnp
 
-TRAIN_STEP = {"xla_cpu_use_fusion_emitters": False}
-DECODE = {"xla_cpu_experimental_ynn_fusion_type": ""}
+PROGRAMS = {
+    "train_step": {"xla_cpu_use_fusion_emitters": False},
+    "decode": {"xla_cpu_experimental_ynn_fusion_type": ""},
+}
 
 
 @functools.cache
@@ -41,10 +45,14 @@ def supported(options: dict) -> bool:
     return _supported(tuple(sorted(options.items())))
 
 
-def for_backend(options: dict) -> dict | None:
-    """`options` where the default backend is the CPU and accepts them, else None (no options).
+def for_program(program: str) -> dict | None:
+    """The options of `program` (a PROGRAMS name) where the default backend is the CPU and
+    accepts them, else None (no options).
 
     Call it when the program is built (it initialises the backend), not at import time."""
+    if program not in PROGRAMS:
+        raise ValueError(f"program={program!r} not in {sorted(PROGRAMS)}")
+    options = PROGRAMS[program]
     if jax.default_backend() == "cpu" and supported(options):
         return dict(options)
     return None

@@ -1,5 +1,7 @@
 """Host-memory reuse for the CPU backend: glibc malloc keeps freed buffers in the process.
 
+cpu/runtime.py applies it (`configure` before JAX starts, `settle` once the backend is known).
+
 XLA:CPU allocates a step's temporaries as a few large host buffers. glibc serves a request above
 its mmap threshold (never above 32 MiB) with a fresh ``mmap`` and unmaps it on ``free``, so every
 step faults its whole working set in again, one zeroed 4 KiB page at a time: the cpo-small CPO
@@ -19,8 +21,8 @@ backend starts in train.py unless JAX is going to use an accelerator (:func:`acc
 JAX_PLATFORMS, an installed PJRT plugin, libtpu), and :func:`settle` restores glibc's defaults
 should the backend still turn out not to be the CPU; eval.py leaves malloc alone under `auto`.
 Threads started before the call keep their own arenas, so it must run before JAX starts its
-thread pools (the CLI entry points call it first; a library user calls it at the top of the
-program, or not at all). Only glibc (Linux) has these knobs; elsewhere nothing changes.
+thread pools (the CLI entry points call cpu/runtime.configure first; a library user calls it at
+the top of the program, or not at all). Only glibc (Linux) has these knobs; elsewhere nothing changes.
 """
 
 from __future__ import annotations

@@ -8,13 +8,15 @@ its own thread: bench/generate.py measured 0.119 -> 0.091 s for 8 prompts x 64 n
 cores, identical tokens (docs/benchmarks.md). The training step, whose large products already
 use every core, is slower split over CPU devices, so the default stays one device.
 
-`runtime.cpu_devices` (train.py and eval.py apply it before JAX starts) asks for the devices;
-`data_parallel_mesh()` is the decode mesh over them.
+`runtime.cpu_devices` asks for the devices (cpu/runtime.configure applies it before JAX starts);
+almol_jax.sharding.data_parallel_mesh() is the decode mesh over them.
 """
 
 from __future__ import annotations
 
 import os
+
+import jax
 
 
 def requested_count(n: int) -> int:
@@ -28,8 +30,6 @@ def configure(n: int) -> int:
     """Before JAX starts its CPU backend: asks XLA for `requested_count(n)` CPU devices.
 
     Returns that count. Accelerator backends are unaffected (only the CPU client reads it)."""
-    import jax
-
     count = requested_count(n)
     if count > 1:
         try:
@@ -38,18 +38,6 @@ def configure(n: int) -> int:
             raise RuntimeError(
                 f"runtime.cpu_devices={n} must be applied before JAX starts its CPU backend "
                 "(the entry points do it first; a library caller calls "
-                "almol_jax.cpu_devices.configure at the top of the program)"
+                "almol_jax.cpu.runtime.configure at the top of the program)"
             ) from err
     return count
-
-
-def data_parallel_mesh():
-    """A mesh of every CPU device on the "data" axis (weights replicated, batches split), or
-    None when the default backend is not the CPU or has a single device."""
-    import jax
-
-    from almol_jax.sharding import make_mesh
-
-    if jax.default_backend() != "cpu" or len(jax.devices()) < 2:
-        return None
-    return make_mesh({"data": -1, "fsdp": 1, "tensor": 1})

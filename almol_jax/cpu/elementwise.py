@@ -1,11 +1,10 @@
-"""RMSNorm and SwiGLU as functions with hand-written backward passes.
+"""RMSNorm and SwiGLU with hand-written backward passes (the cpu kernel table's).
 
 Autodiff of `x * rsqrt(mean(x^2) + eps) * w` and of `silu(g) * u` leaves XLA several separate
 elementwise passes (and saved intermediates) per layer; on the CPU those passes cost about as much
 as the layer's matrix products (issue 8). Here each backward is one expression over the saved
-inputs, which XLA fuses into a single pass. The forward values are Hugging Face's LLaMA exactly:
-float32 statistics for the norm, the result cast to the compute dtype before the weight
-multiplies it; SwiGLU in the compute dtype. Backward passes compute in float32.
+inputs, which XLA fuses into a single pass. The forward values are ops/elementwise.py's (Hugging
+Face's LLaMA exactly); backward passes compute in float32.
 """
 
 from __future__ import annotations
@@ -15,22 +14,17 @@ import functools
 import jax
 import jax.numpy as jnp
 
-
-def _normalise(x_BTD, eps):
-    x = x_BTD.astype(jnp.float32)
-    r_BT1 = jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + eps)
-    return x * r_BT1, r_BT1
+from almol_jax.ops import elementwise
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def rms_norm(x_BTD: jax.Array, w_D: jax.Array, eps: float, dtype) -> jax.Array:
     """HF LlamaRMSNorm: `w * (x / rms(x)).astype(dtype)` with float32 statistics."""
-    xhat_BTD, _ = _normalise(x_BTD, eps)
-    return w_D.astype(dtype) * xhat_BTD.astype(dtype)
+    return elementwise.rms_norm(x_BTD, w_D, eps, dtype)
 
 
 def _rms_norm_fwd(x_BTD, w_D, eps, dtype):
-    xhat_BTD, r_BT1 = _normalise(x_BTD, eps)
+    xhat_BTD, r_BT1 = elementwise.normalise(x_BTD, eps)
     y_BTD = w_D.astype(dtype) * xhat_BTD.astype(dtype)
     return y_BTD, (x_BTD, w_D, r_BT1)
 
@@ -54,11 +48,11 @@ rms_norm.defvjp(_rms_norm_fwd, _rms_norm_bwd)
 @jax.custom_vjp
 def swiglu(g: jax.Array, u: jax.Array) -> jax.Array:
     """`silu(g) * u` (SiLU = x * sigmoid(x)), in the inputs' dtype."""
-    return jax.nn.silu(g) * u
+    return elementwise.swiglu(g, u)
 
 
 def _swiglu_fwd(g, u):
-    return jax.nn.silu(g) * u, (g, u)
+    return elementwise.swiglu(g, u), (g, u)
 
 
 def _swiglu_bwd(residuals, dh):

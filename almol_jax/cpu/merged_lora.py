@@ -4,18 +4,19 @@
 projections that share the input x, with `a_IR` the adapters' A concatenated along the rank
 axis. It computes each output as one product `x @ (W_i + s_i A_i B_i)`, and the input gradient
 as one `dY_i @ (W_i + s_i A_i B_i)^T`: the rank-R terms fold into the kernels, whose [I, O]
-update costs I*O*R multiply-adds against the N*I*O of the product (N rows). The separate path
-(lora.py) pays, per projection, a thin [N, R] @ [R, O] product in the forward and a thin
-[N, R] @ [R, I] in the backward, each writing a full [N, O] or [N, I] tensor that an add then
-reads again; on the CPU those thin products run at a third of the matmul peak (issue 8).
+update costs I*O*R multiply-adds against the N*I*O of the product (N rows). The separate
+path (ops/lora_products.py) pays, per projection, a thin [N, R] @ [R, O] product in the forward
+and a thin [N, R] @ [R, I] in the backward, each writing a full [N, O] or [N, I] tensor that an
+add then reads again; on the CPU those thin products run at a third of the matmul peak (issue 8).
 
 The adapter gradients are the exact formulas: dB_i = s_i (x A_i)^T dY_i and
-dA_i^T = s_i (dY_i B_i^T)^T x (the fast transposed form of lora.adapter_down). The merged
+dA_i^T = s_i (dY_i B_i^T)^T x (the fast transposed form of cpu/lora.adapter_down). The merged
 kernels are recomputed in the backward pass rather than saved (a transient copy of one
 kernel, never a per-layer residual). Results equal the separate path up to float32 rounding.
 
 Only for float32 compute: merging a small update into bfloat16 kernels would round it away.
-The frozen kernels get no gradient.
+The base kernels' gradient is autodiff's x^T dY (a LoRA step, whose base is frozen, never
+computes it: XLA removes it as dead code).
 """
 
 from __future__ import annotations
@@ -63,8 +64,9 @@ def _bwd(scales, residuals, dys):
         gs.append(s * (dy_NO @ b_RO.T))
     g_NR = gs[0] if len(gs) == 1 else jnp.concatenate(gs, axis=1)
     da_RI = jax.lax.dot_general(g_NR, x_NI, (((0,), (0,)), ((), ())))
-    no_kernel_grads = tuple(None for _ in kernels)
-    return dx_NI, no_kernel_grads, jax.lax.optimization_barrier(da_RI).T, tuple(dbs)
+    # dW_i = x^T dY_i: the base kernels' gradient (a LoRA step does not use it, and XLA drops it)
+    dws = tuple(jax.lax.dot_general(x_NI, dy_NO, (((0,), (0,)), ((), ()))) for dy_NO in dys)
+    return dx_NI, dws, jax.lax.optimization_barrier(da_RI).T, tuple(dbs)
 
 
 merged_project.defvjp(_fwd, _bwd)

@@ -1,0 +1,147 @@
+"""The two kernel tables (model/kernels.py) against each other, and what each compiles to.
+
+A `portable` model (plain jnp / jax.nn, autodiff) and a `cpu` one (the CPU wing: C++ attention,
+merged LoRA, hand-written backward passes) with the same weights give the same float32 logits and
+the same gradients w.r.t. the base parameters and the LoRA adapters (rtol = atol = 1e-5), on MHA
+and GQA models and on prefix-shared rows (segment ids and the role mask that training builds,
+almol_jax.data.prefix_sharing) with padding. `portable` lowers with no custom call and traces
+with no custom VJP; the cpu table has both (so those checks can fail). The CPU kernel must build
+here: if it cannot, these tests fail rather than skip.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from almol_jax.cpu import attention_kernel
+from almol_jax.data.prefix_sharing import plain_batch, plain_to_indexed, role_mask_BTS
+from almol_jax.model import LoraConfig, ModelConfig, build_model
+from almol_jax.model.attention import build_mask
+
+SIZES = dict(
+    vocab_size=200,
+    hidden_size=64,
+    intermediate_size=96,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    initializer_range=0.1,
+    vocab_multiple=1,
+)
+HEADS = {"mha": 4, "gqa": 2}
+LORA = LoraConfig(r=4, alpha=8.0)
+
+
+def _batch():
+    """Three prefix-shared rows (prompt, chosen, rejected), right-padded to 64 tokens."""
+    rng = np.random.default_rng(0)
+    triplets = [
+        ([1] + rng.integers(3, 200, p).tolist(), rng.integers(3, 200, c).tolist() + [2],
+         rng.integers(3, 200, r).tolist() + [2])
+        for p, c, r in ((9, 6, 4), (5, 3, 8), (12, 7, 7))
+    ]  # fmt: skip
+    batch = plain_to_indexed(plain_batch(triplets))
+    return {k: jnp.asarray(batch[k]) for k in ("input_ids", "attention_mask", "positions")} | {
+        "segment_ids": jnp.asarray(batch["segment_ids"]),
+        "mask_BTS": role_mask_BTS(jnp.asarray(batch["role_ids"])),
+    }
+
+
+def _model(heads: str, kernels: str):
+    model = build_model(
+        ModelConfig(**SIZES, num_key_value_heads=HEADS[heads], kernels=kernels), lora=LORA, rngs=0
+    )
+    # non-zero adapters B (PEFT initialises them to 0) so that every LoRA term contributes
+    for path, b in nnx.iter_graph(model):
+        if path and path[-1] == "lora_b":
+            b[...] = 0.2 * jax.random.normal(jax.random.key(len(path)), b.shape)
+    return model
+
+
+def _logits(model, batch):
+    return model(
+        batch["input_ids"],
+        batch["attention_mask"],
+        positions_BT=batch["positions"],
+        segment_ids_BT=batch["segment_ids"],
+        mask_BTS=batch["mask_BTS"],
+    )
+
+
+def _loss(model, batch):
+    """A per-token mean (a training loss's scale) that weights every logit of every real token
+    differently (padding rows excluded)."""
+    logits_BTV = _logits(model, batch)
+    w_V = jnp.cos(jnp.arange(logits_BTV.shape[-1], dtype=jnp.float32))
+    real_BT1 = batch["attention_mask"][..., None].astype(jnp.float32)
+    return jnp.sum(jnp.sin(logits_BTV) * w_V * real_BT1) / jnp.sum(real_BT1)
+
+
+def _value_and_grads(model, batch):
+    """Loss and its gradients w.r.t. every parameter: the base (nnx.Param) and the adapters."""
+    graphdef, params = nnx.split(model)
+
+    def loss(params):
+        return _loss(nnx.merge(graphdef, params), batch)
+
+    return jax.jit(jax.value_and_grad(loss))(params)
+
+
+def test_the_cpu_kernel_builds_here():
+    assert attention_kernel.available(), attention_kernel.unavailable_reason()
+
+
+@pytest.mark.parametrize("heads", sorted(HEADS))
+def test_portable_forward_and_gradients_equal_the_cpu_kernels(heads):
+    batch = _batch()
+    portable, cpu = _model(heads, "portable"), _model(heads, "cpu")
+    assert portable.model.layers[0].self_attn.kernels.name == "portable"
+    assert cpu.model.layers[0].self_attn.kernels.name == "cpu"
+    allowed_BTS = build_mask(
+        batch["attention_mask"],
+        0,
+        batch["input_ids"].shape[1],
+        segment_ids_BT=batch["segment_ids"],
+        mask_BTS=batch["mask_BTS"],
+    )
+    assert (~np.asarray(allowed_BTS)).all(-1).any()  # padding: queries with no visible key
+    want = np.asarray(jax.jit(_logits)(cpu, batch))
+    np.testing.assert_allclose(jax.jit(_logits)(portable, batch), want, rtol=1e-5, atol=1e-5)
+
+    (value_p, grads_p), (value_c, grads_c) = (_value_and_grads(m, batch) for m in (portable, cpu))
+    np.testing.assert_allclose(value_p, value_c, rtol=1e-5, atol=1e-5)
+    leaves_p, leaves_c = nnx.to_flat_state(grads_p), nnx.to_flat_state(grads_c)
+    assert [p for p, _ in leaves_p] == [p for p, _ in leaves_c]
+    kinds = {type(v).__name__ for _, v in leaves_p}
+    assert kinds == {"Param", "LoRAParam"}, kinds
+    for (path, got), (_, ref) in zip(leaves_p, leaves_c, strict=True):
+        assert np.abs(ref[...]).max() > 0, path  # every parameter gets a gradient
+        np.testing.assert_allclose(got[...], ref[...], rtol=1e-5, atol=1e-5, err_msg=str(path))
+
+
+@pytest.mark.parametrize("kernels", ["portable", "cpu"])
+def test_portable_has_no_custom_call_and_no_custom_vjp(kernels):
+    batch = _batch()
+    graphdef, params = nnx.split(_model("gqa", kernels))
+
+    def loss(params):
+        return _loss(nnx.merge(graphdef, params), batch)
+
+    lowered = jax.jit(jax.value_and_grad(loss)).lower(params).as_text()
+    jaxpr = str(jax.make_jaxpr(loss)(params))
+    expected = kernels == "cpu"
+    assert ("custom_call" in lowered) == expected
+    assert ("custom_vjp_call" in jaxpr) == expected
+
+
+def test_the_run_config_key_reaches_the_model():
+    from almol_jax.config import load_config
+    from almol_jax.train.setup import model_config
+
+    assert model_config(load_config(None, [])).kernels == "auto"
+    assert model_config(load_config(None, ["model.kernels=portable"])).kernels == "portable"
+    with pytest.raises(ValueError, match="model.kernels"):
+        load_config(None, ["model.kernels=gpu"])
