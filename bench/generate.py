@@ -65,7 +65,7 @@ def make_prompts(shape_vocab: int, batch: int, prompt_len: int, seed: int):
     return ids, np.ones_like(ids)
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", default="cpo-small")
     parser.add_argument("--vs-hf", action="store_true", help="also time transformers' generate")
@@ -87,107 +87,83 @@ def main(argv=None) -> int:
         default=0,
         help="0: library defaults; N: this process pinned to N CPUs, torch N threads",
     )
-    args = parser.parse_args(argv)
-    if args.threads:  # before jax/torch start their thread pools (XLA sizes its pool by affinity)
-        os.sched_setaffinity(0, set(sorted(os.sched_getaffinity(0))[: args.threads]))
+    return parser.parse_args(argv)
 
+
+def ours_systems(ours, ids, mask, settings, no_eos: int) -> dict:
+    """{name: () -> (new tokens, count)}: ours on one device, and data-parallel over every
+    device when there are several (weights replicated, prompts split)."""
     import jax
-    import torch
+    from jax.sharding import NamedSharding, PartitionSpec
 
-    from almol_jax.config import load_config
-    from almol_jax.cpu import runtime
-
-    # before the backend starts; malloc is left alone (an evaluation, host_allocator auto)
-    runtime.configure(
-        load_config(None, [f"runtime.cpu_devices={args.cpu_devices}"]).runtime, training=False
-    )
-    cpu_devices = len(jax.devices())
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-
-    from almol_jax import load_model
-    from almol_jax.generation import DecodeSettings, decode_tokens
+    from almol_jax.generation import decode_tokens
     from almol_jax.generation.decode import split_model
+    from almol_jax.sharding import batch_sharding, data_parallel_mesh
 
-    shape = get_shape(args.shape)
-    hf = build_hf(shape, args.seed)
-    # Never stop early: both sides generate exactly --new tokens per row (fair token counts).
-    hf.generation_config.eos_token_id = None
-    with tempfile.TemporaryDirectory() as tmp:
-        hf.save_pretrained(tmp)
-        ours = load_model(tmp, dtype="float32")
-    no_eos = shape.vocab_size + 1  # an id the model can never produce
-    ids, mask = make_prompts(shape.vocab_size, args.batch, args.prompt_len, args.seed)
-    settings = DecodeSettings(method="greedy", max_new_tokens=args.new)
     # split once, as generate_texts does for every batch of a run (split_model walks the module
     # graph in Python: ~15 ms a call at this size)
     split = split_model(ours)
 
-    def run_ours():
-        tokens, lengths = decode_tokens(
-            ours, ids, mask, settings=settings, eos_ids=(no_eos,), split=split
-        )
-        return tokens, int(np.sum(lengths))
+    def runner(ids_, mask_, split_):
+        def run():
+            tokens, lengths = decode_tokens(
+                ours, ids_, mask_, settings=settings, eos_ids=(no_eos,), split=split_
+            )
+            return tokens, int(np.sum(lengths))
 
-    systems = {"ours": run_ours}
-    if cpu_devices > 1:  # data-parallel: weights replicated, prompts split across the devices
-        from jax.sharding import NamedSharding, PartitionSpec
+        return run
 
-        from almol_jax.sharding import batch_sharding, data_parallel_mesh
-
-        if args.batch % cpu_devices:
-            raise ValueError(f"--batch {args.batch} does not split on {cpu_devices} CPU devices")
+    systems = {"ours": runner(ids, mask, split)}
+    devices = len(jax.devices())
+    if devices > 1:
+        if len(ids) % devices:
+            raise ValueError(f"--batch {len(ids)} does not split on {devices} CPU devices")
         mesh = data_parallel_mesh()
         graphdef, states = split
         split_dp = (graphdef, jax.device_put(states, NamedSharding(mesh, PartitionSpec())))
         ids_dp, mask_dp = (
             jax.device_put(a.astype(np.int32), batch_sharding(mesh)) for a in (ids, mask)
         )
+        systems[f"ours_dp{devices}"] = runner(ids_dp, mask_dp, split_dp)
+    return systems
 
-        def run_ours_dp():
-            tokens, lengths = decode_tokens(
-                ours, ids_dp, mask_dp, settings=settings, eos_ids=(no_eos,), split=split_dp
-            )
-            return tokens, int(np.sum(lengths))
 
-        systems[f"ours_dp{cpu_devices}"] = run_ours_dp
+def hf_system(hf, ids, mask, new_tokens: int):
+    """transformers' greedy generate of exactly `new_tokens` per row."""
+    import torch
 
     def run_hf():
         with torch.inference_mode():
             out = hf.generate(
                 input_ids=torch.from_numpy(ids),
                 attention_mask=torch.from_numpy(mask),
-                max_new_tokens=args.new,
-                min_new_tokens=args.new,
+                max_new_tokens=new_tokens,
+                min_new_tokens=new_tokens,
                 do_sample=False,
                 pad_token_id=0,
             )
-        new = out[:, args.prompt_len :].numpy()
+        new = out[:, ids.shape[1] :].numpy()
         return new, int(new.size)
 
-    first = {}
-    for name, fn in systems.items():
-        t0 = time.perf_counter()
-        first[name], _ = fn()
-        print(f"{name}: first call (compile + run) {time.perf_counter() - t0:.2f} s", flush=True)
-    for name in systems:
-        if name != "ours":
-            print(f"{name} tokens identical to ours: {np.array_equal(first[name], first['ours'])}")
-    if args.vs_hf:
-        hf_tokens, _ = run_hf()
-        same = np.array_equal(first["ours"], hf_tokens)
-        print(f"greedy tokens identical to HF: {same}", flush=True)
-        systems["hf"] = run_hf
+    return run_hf
 
+
+def time_rounds(systems: dict, rounds: int) -> tuple[dict, dict]:
+    """Interleaved rounds: ({name: [seconds]}, {name: new tokens per call})."""
     times = {name: [] for name in systems}
     counts = {}
-    for _ in range(args.rounds):
+    for _ in range(rounds):
         for name, fn in systems.items():
             start = time.perf_counter()
             _, n = fn()
             times[name].append(time.perf_counter() - start)
             counts[name] = n
+    return times, counts
+
+
+def report(args, shape, times: dict, counts: dict) -> None:
+    import jax
+
     print(
         f"machine: {machine_description()}; jax {jax.__version__} on "
         f"{jax.devices()[0].platform} ({len(jax.devices())} devices)"
@@ -209,6 +185,53 @@ def main(argv=None) -> int:
                 print(f"{name} / hf: {rates[name] / rates['hf']:.2f}")
         print(f"best of ours: {best}")
         print(f"ratio_vs_hf={rates[best] / rates['hf']:.2f}")
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.threads:  # before jax/torch start their thread pools (XLA sizes its pool by affinity)
+        os.sched_setaffinity(0, set(sorted(os.sched_getaffinity(0))[: args.threads]))
+
+    import torch
+
+    from almol_jax.config import load_config
+    from almol_jax.cpu import runtime
+
+    # before the backend starts; malloc is left alone (an evaluation, host_allocator auto)
+    runtime.configure(
+        load_config(None, [f"runtime.cpu_devices={args.cpu_devices}"]).runtime, training=False
+    )
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    from almol_jax import load_model
+    from almol_jax.generation import DecodeSettings
+
+    shape = get_shape(args.shape)
+    hf = build_hf(shape, args.seed)
+    # Never stop early: both sides generate exactly --new tokens per row (fair token counts).
+    hf.generation_config.eos_token_id = None
+    with tempfile.TemporaryDirectory() as tmp:
+        hf.save_pretrained(tmp)
+        ours = load_model(tmp, dtype="float32")
+    no_eos = shape.vocab_size + 1  # an id the model can never produce
+    ids, mask = make_prompts(shape.vocab_size, args.batch, args.prompt_len, args.seed)
+    settings = DecodeSettings(method="greedy", max_new_tokens=args.new)
+    systems = ours_systems(ours, ids, mask, settings, no_eos)
+
+    first = {}
+    for name, fn in systems.items():
+        t0 = time.perf_counter()
+        first[name], _ = fn()
+        print(f"{name}: first call (compile + run) {time.perf_counter() - t0:.2f} s", flush=True)
+    for name in systems:
+        if name != "ours":
+            print(f"{name} tokens identical to ours: {np.array_equal(first[name], first['ours'])}")
+    if args.vs_hf:
+        systems["hf"] = hf_system(hf, ids, mask, args.new)
+        hf_tokens, _ = systems["hf"]()
+        print(f"greedy tokens identical to HF: {np.array_equal(first['ours'], hf_tokens)}")
+    report(args, shape, *time_rounds(systems, args.rounds))
     return 0
 
 
