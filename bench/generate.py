@@ -103,7 +103,7 @@ def main(argv=None) -> int:
 
     from almol_jax import load_model
     from almol_jax.generation import DecodeSettings, decode_tokens
-    from almol_jax.generation.decode import split_model
+    from almol_jax.generation.kv_steps import split_model
 
     shape = get_shape(args.shape)
     hf = build_hf(shape, args.seed)
