@@ -10,12 +10,11 @@ evaluator's report (metrics.json, metrics.md, per_row.csv, plots) next to it, an
 the adapters are switched off, for a full fine-tune the base is rebuilt without the checkpoint;
 this gives before/after tables from one code path.
 
-eval.py's `--config/--checkpoint` mode is `add_checkpoint_arguments` + `run_checkpoint_cli`.
+eval.py's `--config/--checkpoint` mode parses its flags and calls `evaluate_checkpoint`.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import time
@@ -44,51 +43,6 @@ def default_output_dir(run_dir: Path, step: int | str, split: str, adapters: boo
     """<run_dir>/eval/<split>-step<step>[-adapters_off]."""
     suffix = "" if adapters else "-adapters_off"
     return run_dir / "eval" / f"{split}-step{step}{suffix}"
-
-
-def run_and_step(path: str | Path) -> tuple[Path, int | None]:
-    """(run_dir, explicit step or None) of a run directory or a <run_dir>/checkpoints/<step>."""
-    path = Path(path).absolute()
-    if (path / "config.yaml").is_file():
-        return path, None
-    if path.name.isdigit() and (path.parent.parent / "config.yaml").is_file():
-        return path.parent.parent, int(path.name)
-    raise ValueError(
-        f"checkpoint {str(path)!r} is neither a run directory (with config.yaml) nor a "
-        "<run_dir>/checkpoints/<step> folder"
-    )
-
-
-def load_for_eval(
-    run_dir_or_step: str | Path, *, adapters: bool, step: str | int = "best", mesh=None
-):
-    """(run_config, model, tokenizer, run_dir, step, use_adapters) for evaluation.
-
-    For a full fine-tune with adapters off the model is the run's base, rebuilt from its config.
-    `mesh`: where to place the weights (None: the run's mesh, see restore_for_inference).
-    """
-    from almol_jax.train.checkpoint import best_step, latest_step, restore_for_inference
-
-    run_dir, explicit = run_and_step(run_dir_or_step)
-    if explicit is not None:
-        chosen = explicit
-    elif step == "best":
-        chosen = best_step(run_dir)
-        chosen = latest_step(run_dir) if chosen is None else chosen
-    elif step == "latest":
-        chosen = latest_step(run_dir)
-    else:
-        chosen = int(step)
-    if chosen is None:
-        raise ValueError(f"run directory {str(run_dir)!r} holds no complete checkpoint")
-    run_cfg, model, tokenizer = restore_for_inference(run_dir, mesh, step=chosen)
-    use_adapters = adapters
-    if not adapters and not run_cfg.lora.enabled:
-        from almol_jax.train.setup import build_run_model
-
-        model = build_run_model(run_cfg, mesh=mesh)  # the same seeded base, before any step
-        use_adapters = True
-    return run_cfg, model, tokenizer, run_dir, chosen, use_adapters
 
 
 def evaluate_checkpoint(
@@ -129,7 +83,9 @@ def evaluate_checkpoint(
     )
     from almol_jax.eval.io import write_tsv
     from almol_jax.generation import generate_texts, settings_from_config
-    from almol_jax.train.setup import seed_keys
+    from almol_jax.generation.progress import BatchProgressBar
+    from almol_jax.run.restore import load_for_eval
+    from almol_jax.run.seeds import seed_keys
 
     if isinstance(adapters, str):
         if adapters not in ADAPTER_CHOICES:
@@ -168,7 +124,7 @@ def evaluate_checkpoint(
             raise ValueError(f"split {split!r} has no {direction} rows")
         prompts = [format_prompt(cfg.data.templates, direction, ex.source) for ex in rows]
         start = time.perf_counter()
-        bar = _generation_bar(direction, len(prompts)) if progress else None
+        bar = BatchProgressBar(direction, len(prompts)) if progress else None
         outputs = generate_texts(
             model,
             tokenizer,
@@ -224,33 +180,11 @@ def evaluate_checkpoint(
 
 def _decode_mesh(run_cfg: Any, batch_size: int):
     """The run's mesh for data-parallel decoding, or None when the batch does not split on it."""
+    from almol_jax.run.setup import make_run_mesh
     from almol_jax.sharding import batch_shard_count
-    from almol_jax.train.setup import make_run_mesh
 
     mesh = make_run_mesh(run_cfg)
     return mesh if batch_size % batch_shard_count(mesh, run_cfg.mesh.rules) == 0 else None
-
-
-class _BatchBar:
-    """A tqdm bar over decode batches, fed by generate_texts' on_batch(done, total) callback."""
-
-    def __init__(self, direction: str, num_prompts: int):
-        from tqdm.auto import tqdm
-
-        self._bar = tqdm(
-            total=None, desc=f"generating {direction} ({num_prompts} prompts)", unit="batch"
-        )
-
-    def update_to(self, done: int, total: int) -> None:
-        self._bar.total = total
-        self._bar.update(done - self._bar.n)
-
-    def close(self) -> None:
-        self._bar.close()
-
-
-def _generation_bar(direction: str, num_prompts: int) -> _BatchBar:
-    return _BatchBar(direction, num_prompts)
 
 
 def _jsonable(results: dict) -> dict:
@@ -261,78 +195,3 @@ def _jsonable(results: dict) -> dict:
             return v
 
     return {d: {k: value(v) for k, v in m.items()} for d, m in results.items()}
-
-
-# --------------------------------------------------------------------------- eval.py branch
-
-
-def add_checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
-    """eval.py's checkpoint-mode options."""
-    g = parser.add_argument_group("checkpoint mode (generate, then score)")
-    g.add_argument("--config", help="run config YAML: data files, templates, generation")
-    g.add_argument("--checkpoint", help="run directory or <run_dir>/checkpoints/<step>")
-    g.add_argument("--step", default="best", help='"best", "latest" or a step (run directory)')
-    g.add_argument("--split", default="test", choices=("train", "validation", "test"))
-    g.add_argument(
-        "--directions",
-        default=None,
-        choices=("both", "smiles2caption", "caption2smiles"),
-        help="default: eval.directions of the config (both)",
-    )
-    g.add_argument(
-        "--limit",
-        type=int,
-        default=None,
-        help="first N rows per direction (default: eval.limit of the config: all)",
-    )
-    g.add_argument(
-        "--adapters",
-        default="on",
-        choices=ADAPTER_CHOICES,
-        help="off: the base model of the same run (before/after tables)",
-    )
-    g.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="config override, e.g. --set generation.max_new_tokens=64 (of --config, else of "
-        "the run's own config.yaml)",
-    )
-
-
-def run_checkpoint_cli(args: argparse.Namespace, options: Any) -> dict:
-    """The eval.py branch: evaluate, print each direction's table, return the metrics.
-
-    `options`: an EvalOptions, or a dict of overrides of the config's eval section.
-    """
-    from almol_jax import cpu_devices, host_allocator
-    from almol_jax.config import load_config
-    from almol_jax.eval.report import format_table
-
-    if args.config:
-        cfg = load_config(args.config, args.set)
-    else:  # the run's own config, with the --set overrides when there are any
-        run_dir, _ = run_and_step(args.checkpoint)
-        run_cfg = load_config(str(run_dir / "config.yaml"), args.set)
-        cfg = run_cfg if args.set else None
-    runtime = (cfg or run_cfg).runtime  # read before JAX starts
-    host_allocator.configure(runtime.host_allocator, training=False)
-    cpu_devices.configure(runtime.cpu_devices)
-    step: str | int = args.step if args.step in ("best", "latest") else int(args.step)
-    results = evaluate_checkpoint(
-        cfg,
-        args.checkpoint,
-        split=args.split,
-        directions=args.directions,
-        limit=args.limit,
-        output_dir=args.output_dir,
-        adapters=args.adapters,
-        step=step,
-        options=options,
-        plots=not getattr(args, "no_plots", False),
-        progress=True,
-    )
-    for direction, metrics in results.items():
-        print(f"\n## {direction}\n" + format_table(direction, metrics))
-    return results
