@@ -186,7 +186,7 @@ def option_overrides(args: argparse.Namespace) -> dict:
 
 def options_from_args(args: argparse.Namespace):
     """EvalOptions of prediction-file mode: the scorers' defaults, then the flags given."""
-    from almol_jax.eval.scoring import EvalOptions
+    from almol_jax.eval.options import EvalOptions
 
     return EvalOptions(**{k: v for k, v in option_overrides(args).items() if v is not None})
 
