@@ -19,6 +19,7 @@ import json
 import re
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -67,23 +68,16 @@ def evaluate_checkpoint(
     templates and generation settings; the model and tokenizer always come from the run.
     `directions` / `limit` default to cfg.eval.directions / cfg.eval.limit ("both" / all rows).
     `options` is an `almol_jax.eval.EvalOptions`, or a dict of overrides of the one built from
-    cfg.eval (`eval_options_from_config`; None = cfg.eval as it is), `settings` a `DecodeSettings` (default: from cfg), `key` the
-    sampling PRNG key (default: the "sampling" key of cfg.seed; unused by greedy decoding).
+    cfg.eval (`eval_options_from_config`; None = cfg.eval as it is), `settings` a
+    `DecodeSettings` (default: from cfg), `key` the sampling PRNG key (default: the "sampling"
+    key of cfg.seed; unused by greedy decoding).
     """
     from almol_jax import cpu_devices
     from almol_jax.data.prompts import format_prompt
     from almol_jax.data.report import DataReport
     from almol_jax.data.sources import load_examples
-    from almol_jax.eval import (
-        EvalOptions,
-        Predictions,
-        eval_options_from_config,
-        score,
-        write_report,
-    )
-    from almol_jax.eval.io import write_tsv
-    from almol_jax.generation import generate_texts, settings_from_config
-    from almol_jax.generation.progress import BatchProgressBar
+    from almol_jax.eval import EvalOptions, eval_options_from_config
+    from almol_jax.generation import settings_from_config
     from almol_jax.run.restore import load_for_eval
     from almol_jax.run.seeds import seed_keys
 
@@ -104,17 +98,25 @@ def evaluate_checkpoint(
     if not isinstance(options, EvalOptions):
         options = eval_options_from_config(cfg.eval, **(options or {}))
     settings = settings_from_config(cfg) if settings is None else settings
-    key = seed_keys(cfg.seed)["sampling"] if key is None else key
     out_root = (
         Path(output_dir) if output_dir else default_output_dir(run_dir, chosen, split, adapters)
     )
-
-    mesh = _decode_mesh(run_cfg, settings.batch_size) if dp_mesh is None else dp_mesh
-    report = DataReport()
-    examples = load_examples(cfg.data, split, report)
+    decoding = _Decoding(
+        model=model,
+        tokenizer=tokenizer,
+        settings=settings,
+        key=seed_keys(cfg.seed)["sampling"] if key is None else key,
+        adapters=use_adapters,
+        add_bos=cfg.tokenizer.add_bos,
+        mesh=_decode_mesh(run_cfg, settings.batch_size) if dp_mesh is None else dp_mesh,
+        rules=run_cfg.mesh.rules,
+    )
+    examples = load_examples(cfg.data, split, DataReport())
     if not examples:
         files = getattr(cfg.data, f"{split}_files")
         raise ValueError(f"split {split!r} of the config has no rows (files: {files})")
+    about = {"checkpoint": str(run_dir), "step": chosen, "split": split}
+    about["adapters"] = "on" if adapters else "off"
     results: dict[str, dict[str, Any]] = {}
     for direction in wanted:
         rows = [ex for ex in examples if ex.direction == direction]
@@ -123,59 +125,89 @@ def evaluate_checkpoint(
         if not rows:
             raise ValueError(f"split {split!r} has no {direction} rows")
         prompts = [format_prompt(cfg.data.templates, direction, ex.source) for ex in rows]
-        start = time.perf_counter()
-        bar = BatchProgressBar(direction, len(prompts)) if progress else None
-        outputs = generate_texts(
-            model,
-            tokenizer,
-            prompts,
-            settings,
-            key=key,
-            adapters=use_adapters,
-            add_bos=cfg.tokenizer.add_bos,
-            mesh=mesh,
-            rules=run_cfg.mesh.rules,
-            on_batch=None if bar is None else bar.update_to,
-        )
-        if bar is not None:
-            bar.close()
-        gen_seconds = time.perf_counter() - start
-        predictions = Predictions(
-            sources=[_one_line(ex.source) for ex in rows],
-            references=[_one_line(ex.chosen) for ex in rows],
-            outputs=[_one_line(o) for o in outputs],
-        )
+        outputs, gen_seconds = decoding.texts(direction, prompts, progress)
+        extra = dict(about, rows=len(rows), generation=decoding.record(gen_seconds))
         out_dir = out_root / direction
-        out_dir.mkdir(parents=True, exist_ok=True)
-        write_tsv(out_dir / "predictions.tsv", direction, predictions)
-        start = time.perf_counter()
-        metrics, per_row, resources = score(
-            direction,
-            predictions.sources,
-            predictions.references,
-            predictions.outputs,
-            options=options,
+        results[direction] = _score_direction(
+            out_dir, direction, rows, outputs, options, extra, plots=plots
         )
-        extra = {
-            "checkpoint": str(run_dir),
-            "step": chosen,
-            "split": split,
-            "adapters": "on" if adapters else "off",
-            "rows": len(rows),
-            "generation": {
-                "method": settings.method,
-                "max_new_tokens": settings.max_new_tokens,
-                "seconds": gen_seconds,
-                "mesh": None if mesh is None else dict(mesh.shape),
-            },
-            "scoring_seconds": time.perf_counter() - start,
-        }
-        write_report(out_dir, direction, metrics, per_row, resources, plots=plots, extra=extra)
-        results[direction] = metrics
         if progress:
             print(f"{direction}: {len(rows)} rows generated in {gen_seconds:.1f} s -> {out_dir}")
     (out_root / "summary.json").write_text(json.dumps(_jsonable(results), indent=2) + "\n")
     return results
+
+
+@dataclass(frozen=True)
+class _Decoding:
+    """What every direction's generation shares: the restored model and how to decode."""
+
+    model: Any
+    tokenizer: Any
+    settings: Any  # DecodeSettings
+    key: Any  # the sampling key (unused by greedy decoding)
+    adapters: bool
+    add_bos: bool
+    mesh: Any
+    rules: Any
+
+    def texts(self, direction: str, prompts: list[str], progress: bool) -> tuple[list[str], float]:
+        """(output texts, seconds) of `prompts`, with a batch progress bar when `progress`."""
+        from almol_jax.generation import generate_texts
+        from almol_jax.generation.progress import BatchProgressBar
+
+        start = time.perf_counter()
+        bar = BatchProgressBar(direction, len(prompts)) if progress else None
+        outputs = generate_texts(
+            self.model,
+            self.tokenizer,
+            prompts,
+            self.settings,
+            key=self.key,
+            adapters=self.adapters,
+            add_bos=self.add_bos,
+            mesh=self.mesh,
+            rules=self.rules,
+            on_batch=None if bar is None else bar.update_to,
+        )
+        if bar is not None:
+            bar.close()
+        return outputs, time.perf_counter() - start
+
+    def record(self, seconds: float) -> dict[str, Any]:
+        """The report's "generation" entry."""
+        return {
+            "method": self.settings.method,
+            "max_new_tokens": self.settings.max_new_tokens,
+            "seconds": seconds,
+            "mesh": None if self.mesh is None else dict(self.mesh.shape),
+        }
+
+
+def _score_direction(
+    out_dir: Path, direction: str, rows, outputs, options, extra: dict, *, plots: bool
+) -> dict[str, Any]:
+    """Writes `<out_dir>/predictions.tsv`, scores it, writes the report; returns the metrics."""
+    from almol_jax.eval import Predictions, score, write_report
+    from almol_jax.eval.io import write_tsv
+
+    predictions = Predictions(
+        sources=[_one_line(ex.source) for ex in rows],
+        references=[_one_line(ex.chosen) for ex in rows],
+        outputs=[_one_line(o) for o in outputs],
+    )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_tsv(out_dir / "predictions.tsv", direction, predictions)
+    start = time.perf_counter()
+    metrics, per_row, resources = score(
+        direction,
+        predictions.sources,
+        predictions.references,
+        predictions.outputs,
+        options=options,
+    )
+    extra = dict(extra, scoring_seconds=time.perf_counter() - start)
+    write_report(out_dir, direction, metrics, per_row, resources, plots=plots, extra=extra)
+    return metrics
 
 
 def _decode_mesh(run_cfg: Any, batch_size: int):
