@@ -3,7 +3,7 @@
 `seed_keys(seed)` gives {purpose: key} for
   params    the base weights of a random-init model
   lora      the adapters' initial A matrices
-  data      the order of the training data (`data_seed`: the iterator's integer seed)
+  data      reserved for the order of the training data (today: the integer `seed` itself)
   dropout   adapter dropout during training
   sampling  sampled decoding in evaluation and preference building
 so changing how one purpose draws never shifts another's numbers. The seed itself is the run's
@@ -13,7 +13,6 @@ so changing how one purpose draws never shifts another's numbers. The seed itsel
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 
 PURPOSES = ("params", "lora", "data", "dropout", "sampling")
 
@@ -22,8 +21,3 @@ def seed_keys(seed: int) -> dict[str, jax.Array]:
     """The one logged seed split by purpose: {purpose: key} (fold_in of the purpose index)."""
     root = jax.random.key(seed)
     return {name: jax.random.fold_in(root, i) for i, name in enumerate(PURPOSES)}
-
-
-def data_seed(seed: int) -> int:
-    """The integer seed of the data order (NumPy's generator), drawn from the "data" key."""
-    return int(jax.random.bits(seed_keys(seed)["data"], dtype=jnp.uint32))
