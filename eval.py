@@ -4,9 +4,9 @@ or generate then score: ``python eval.py --config CFG --checkpoint RUN_DIR[/STEP
 
 Prediction-file mode reads the community scorer's TSV (or a source/reference/output CSV or
 JSONL), scores it with :mod:`almol_jax.eval`, prints the headline table and, with
-``--output-dir``, writes metrics.json, metrics.md, per_row.csv and PNG plots. A checkpoint
-mode (``--config/--checkpoint``: generate, then score) plugs in as a separate branch of
-:func:`main` calling its own function.
+``--output-dir``, writes metrics.json, metrics.md, per_row.csv and PNG plots. Checkpoint mode
+(``--config/--checkpoint``: generate, then score) is its own branch of :func:`main`: its flags
+and ``run_checkpoint_cli`` live here, the work in :func:`almol_jax.evaluate_checkpoint.evaluate_checkpoint`.
 """
 
 from __future__ import annotations
@@ -58,6 +58,81 @@ def add_scoring_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
+    """eval.py's checkpoint-mode options."""
+    from almol_jax.evaluate_checkpoint import ADAPTER_CHOICES
+
+    g = parser.add_argument_group("checkpoint mode (generate, then score)")
+    g.add_argument("--config", help="run config YAML: data files, templates, generation")
+    g.add_argument("--checkpoint", help="run directory or <run_dir>/checkpoints/<step>")
+    g.add_argument("--step", default="best", help='"best", "latest" or a step (run directory)')
+    g.add_argument("--split", default="test", choices=("train", "validation", "test"))
+    g.add_argument(
+        "--directions",
+        default=None,
+        choices=("both", "smiles2caption", "caption2smiles"),
+        help="default: eval.directions of the config (both)",
+    )
+    g.add_argument(
+        "--limit",
+        type=int,
+        default=None,
+        help="first N rows per direction (default: eval.limit of the config: all)",
+    )
+    g.add_argument(
+        "--adapters",
+        default="on",
+        choices=ADAPTER_CHOICES,
+        help="off: the base model of the same run (before/after tables)",
+    )
+    g.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config override, e.g. --set generation.max_new_tokens=64 (of --config, else of "
+        "the run's own config.yaml)",
+    )
+
+
+def run_checkpoint_cli(args: argparse.Namespace, options) -> dict:
+    """The eval.py branch: evaluate, print each direction's table, return the metrics.
+
+    `options`: an EvalOptions, or a dict of overrides of the config's eval section.
+    """
+    from almol_jax.config import load_config
+    from almol_jax.cpu import runtime as cpu_runtime
+    from almol_jax.eval.report import format_table
+    from almol_jax.evaluate_checkpoint import evaluate_checkpoint
+    from almol_jax.run.locate import STEP_CHOICES, run_and_step
+
+    if args.config:
+        cfg = load_config(args.config, args.set)
+    else:  # the run's own config, with the --set overrides when there are any
+        run_dir, _ = run_and_step(args.checkpoint)
+        run_cfg = load_config(str(run_dir / "config.yaml"), args.set)
+        cfg = run_cfg if args.set else None
+    runtime = (cfg or run_cfg).runtime  # read before JAX starts
+    cpu_runtime.configure(runtime, training=False)
+    step: str | int = args.step if args.step in STEP_CHOICES else int(args.step)
+    results = evaluate_checkpoint(
+        cfg,
+        args.checkpoint,
+        split=args.split,
+        directions=args.directions,
+        limit=args.limit,
+        output_dir=args.output_dir,
+        adapters=args.adapters,
+        step=step,
+        options=options,
+        plots=not getattr(args, "no_plots", False),
+        progress=True,
+    )
+    for direction, metrics in results.items():
+        print(f"\n## {direction}\n" + format_table(direction, metrics))
+    return results
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -73,8 +148,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--no-plots", action="store_true")
     add_scoring_arguments(parser)
-    from almol_jax.evaluate_checkpoint import add_checkpoint_arguments
-
     add_checkpoint_arguments(parser)
     return parser
 
@@ -112,7 +185,7 @@ def option_overrides(args: argparse.Namespace) -> dict:
 
 def options_from_args(args: argparse.Namespace):
     """EvalOptions of prediction-file mode: the scorers' defaults, then the flags given."""
-    from almol_jax.eval.scoring import EvalOptions
+    from almol_jax.eval.options import EvalOptions
 
     return EvalOptions(**{k: v for k, v in option_overrides(args).items() if v is not None})
 
@@ -153,8 +226,6 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if args.checkpoint:  # checkpoint mode: generate, then score (almol_jax.evaluate_checkpoint)
-            from almol_jax.evaluate_checkpoint import run_checkpoint_cli
-
             # the flags given override the config's eval section (eval_options_from_config)
             run_checkpoint_cli(args, option_overrides(args))
             return 0
@@ -163,7 +234,6 @@ def main(argv: list[str] | None = None) -> int:
                 parser.error("--task is required with --predictions")
             run_prediction_file(args)
             return 0
-        # The --config/--checkpoint mode (generate, then score) goes here as its own branch.
         parser.error(
             "give --predictions FILE (with --task) or --checkpoint RUN_DIR (with --config)"
         )

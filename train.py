@@ -4,7 +4,7 @@ Thin entry point: parses the config and overrides, runs almol_jax.train.loop.run
 prints its summary as JSON. Resumes from the newest checkpoint in output_dir by default
 (checkpoint.resume=false starts afresh). SIGTERM saves a checkpoint and exits 0; a non-finite loss
 exits 1 with a message naming the step. With eval.at_end / export.at_end set (configs/demo.yaml),
-almol_jax.pipeline then evaluates step 0 and the best checkpoint, exports, and prints a table.
+almol_jax.after_training then evaluates step 0 and the best checkpoint, exports, and prints a table.
 """
 
 from __future__ import annotations
@@ -23,14 +23,19 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax logs every save/restore at INFO
 
+    from almol_jax.after_training import after_training, format_summary, resolve_builtin
     from almol_jax.config import load_config
     from almol_jax.cpu import runtime
-    from almol_jax.pipeline import after_training, format_summary, resolve_builtin
+    from almol_jax.run.seeds import PURPOSES
     from almol_jax.train.loop import run_training
 
     cfg = load_config(args.config, args.overrides)
     runtime.configure(cfg.runtime, training=True)  # before JAX starts its threads
     cfg = resolve_builtin(cfg)
+    # the one seed of the run; every random draw comes from one of its keys by purpose
+    logging.getLogger("almol_jax").info(
+        "seed %d (keys by purpose: %s)", cfg.seed, ", ".join(PURPOSES)
+    )
     try:
         summary = run_training(cfg)
     except FloatingPointError as err:

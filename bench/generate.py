@@ -97,7 +97,7 @@ def ours_systems(ours, ids, mask, settings, no_eos: int) -> dict:
     from jax.sharding import NamedSharding, PartitionSpec
 
     from almol_jax.generation import decode_tokens
-    from almol_jax.generation.decode import split_model
+    from almol_jax.generation.kv_steps import split_model
     from almol_jax.sharding import batch_sharding, data_parallel_mesh
 
     # split once, as generate_texts does for every batch of a run (split_model walks the module

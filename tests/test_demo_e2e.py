@@ -5,7 +5,7 @@ reused), a tiny evaluation limit and short generations; then every artefact must
 the checkpoints, metrics.jsonl with validation records, metrics.json and predictions.tsv for both
 directions at step 0 and at the best step, the summary files, and the merged Hugging Face export,
 which transformers must load (AutoModelForCausalLM + AutoTokenizer) and whose forward must
-reproduce the logits of the checkpointed JAX model. The pipeline's pure helpers are tested on
+reproduce the logits of the checkpointed JAX model. The after-training helpers are tested on
 hand-made values.
 """
 
@@ -19,8 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from almol_jax.config import load_config
-from almol_jax.pipeline import (
+from almol_jax.after_training import (
     SUMMARY_JSON,
     SUMMARY_MD,
     TABLE_METRICS,
@@ -28,6 +27,7 @@ from almol_jax.pipeline import (
     resolve_builtin,
     validation_curve,
 )
+from almol_jax.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "configs" / "demo.yaml"
@@ -136,7 +136,7 @@ def test_validation_curve_keeps_eval_records_in_step_order(tmp_path):
 
 
 def test_demo_run_checkpoints_and_metrics(demo_run):
-    from almol_jax.train.checkpoint import best_step, latest_step, read_meta
+    from almol_jax.run.checkpoint import best_step, latest_step, read_meta
 
     cfg = load_config(demo_run / "config.yaml")
     assert cfg.tokenizer.kind == "hf" and cfg.train.steps == STEPS
@@ -154,7 +154,7 @@ def test_demo_run_checkpoints_and_metrics(demo_run):
 
 def test_demo_run_evaluations_parse(demo_run):
     from almol_jax.eval.io import read_tsv
-    from almol_jax.train.checkpoint import best_step
+    from almol_jax.run.checkpoint import best_step
 
     summary = json.loads((demo_run / SUMMARY_JSON).read_text())
     best = best_step(demo_run)
@@ -187,7 +187,7 @@ def test_demo_export_loads_in_transformers_and_matches(demo_run):
     torch = pytest.importorskip("torch")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from almol_jax.train.checkpoint import restore_for_inference
+    from almol_jax.run.restore import restore_for_inference
 
     summary = json.loads((demo_run / SUMMARY_JSON).read_text())
     export_dir = Path(summary["export_dir"])
@@ -208,7 +208,7 @@ def test_demo_export_loads_in_transformers_and_matches(demo_run):
 
 
 def test_after_training_skips_evaluation_without_test_files(tmp_path):
-    from almol_jax.pipeline import after_training
+    from almol_jax.after_training import after_training
 
     cfg = load_config(REPO / "configs" / "tiny.yaml", ["eval.at_end=true"])
     assert cfg.data.test_files == ()

@@ -77,7 +77,7 @@ def test_eval_cli_on_checkpoint_matches_prediction_file_mode(tiny_run, tmp_path,
 
     from almol_jax.data.prompts import format_prompt
     from almol_jax.generation import generate_texts, settings_from_config
-    from almol_jax.train.checkpoint import restore_for_inference
+    from almol_jax.run.restore import restore_for_inference
 
     _, model, tokenizer = restore_for_inference(run_dir)
     gold = _read_tsv(PAIRS)[1 : LIMIT + 1]  # CID, SMILES, description
@@ -160,7 +160,7 @@ def test_evaluate_checkpoint_adapters_off_is_the_base_model(tiny_run, tmp_path):
     from almol_jax.eval import EvalOptions
     from almol_jax.evaluate_checkpoint import evaluate_checkpoint
     from almol_jax.generation import generate_texts, settings_from_config
-    from almol_jax.train.setup import build_run_model
+    from almol_jax.run.setup import build_run_model
 
     cfg, run_dir = tiny_run
     options = EvalOptions(fcd=False, skip_unavailable=True, num_workers=1)
@@ -225,7 +225,7 @@ def test_self_generated_cli_on_checkpoint(tiny_run, tmp_path, capsys):
 
 
 def test_bad_checkpoint_path_is_named(tmp_path, capsys):
-    from almol_jax.evaluate_checkpoint import run_and_step
+    from almol_jax.run.locate import run_and_step
 
     with pytest.raises(ValueError, match="neither a run directory"):
         run_and_step(tmp_path / "nowhere")

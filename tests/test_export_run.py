@@ -23,8 +23,8 @@ from almol_jax.data.tokenizer import byte_tokenizer
 from almol_jax.export import export_from_config, export_run, load_peft_adapter
 from almol_jax.export.__main__ import main as export_cli
 from almol_jax.model import LoRAParam
-from almol_jax.train.checkpoint import RunCheckpointer
-from almol_jax.train.setup import build_run_model
+from almol_jax.run.checkpoint import RunCheckpointer
+from almol_jax.run.setup import build_run_model
 from almol_jax.train.step import init_train_state
 
 torch = pytest.importorskip(

@@ -139,7 +139,7 @@ def test_portable_has_no_custom_call_and_no_custom_vjp(kernels):
 
 def test_the_run_config_key_reaches_the_model():
     from almol_jax.config import load_config
-    from almol_jax.train.setup import model_config
+    from almol_jax.run.setup import model_config
 
     assert model_config(load_config(None, [])).kernels == "auto"
     assert model_config(load_config(None, ["model.kernels=portable"])).kernels == "portable"

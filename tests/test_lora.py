@@ -139,14 +139,17 @@ def test_bf16_base_fp32_adapters_and_grads_only_for_lora():
 
 
 def test_dropout_is_used_in_training_and_not_in_eval_view():
-    model = build_model(TINY, lora=LoraConfig(r=8, alpha=16, dropout=0.5), rngs=7)
+    streams = dict(params=7, lora=8, dropout=9)  # the dropout stream draws from its own key
+    model = build_model(TINY, lora=LoraConfig(r=8, alpha=16, dropout=0.5), rngs=nnx.Rngs(**streams))
     _randomise_b(model, jax.random.key(8))
     a, b = np.asarray(forward(model, IDS, MASK)), np.asarray(forward(model, IDS, MASK))
     assert np.abs(a - b).max() > 0  # fresh dropout masks each call
     ev = nnx.view(model, deterministic=True)
     np.testing.assert_allclose(forward(ev, IDS, MASK), forward(ev, IDS, MASK), rtol=0, atol=0)
     # and the eval view is the dropout-free function: same weights, built with dropout 0
-    no_dropout = build_model(TINY, lora=LoraConfig(r=8, alpha=16, dropout=0.0), rngs=7)
+    no_dropout = build_model(
+        TINY, lora=LoraConfig(r=8, alpha=16, dropout=0.0), rngs=nnx.Rngs(**streams)
+    )
     _randomise_b(no_dropout, jax.random.key(8))
     np.testing.assert_allclose(
         forward(ev, IDS, MASK), forward(no_dropout, IDS, MASK), rtol=0, atol=1e-6
@@ -184,7 +187,7 @@ def test_peft_parity(tmp_path, tie):
 
     lcfg = read_peft_config(tmp_path / "adapter")
     assert (lcfg.r, lcfg.scale) == (8, 2.0)
-    model = almol_jax.load_model(str(ckpt), lora=lcfg, seed=11)
+    model = almol_jax.load_model(str(ckpt), lora=lcfg, rngs=11)
     valid = mask.astype(bool)
     before = forward(model, ids, mask)  # fresh adapters (B = 0): the base model
     np.testing.assert_allclose(before[valid], base_ref[valid], rtol=0, atol=1e-4)

@@ -87,9 +87,9 @@ def plain_oracle_first_step(cfg) -> dict[str, float]:
     from almol_jax.data.report import DataReport
     from almol_jax.data.tokenize import prepare_split
     from almol_jax.data.tokenizer import load_tokenizer
+    from almol_jax.run.setup import build_run_model
     from almol_jax.train.loop import step_settings
     from almol_jax.train.optimizer import trainable_filter
-    from almol_jax.train.setup import build_run_model
 
     tokenizer = load_tokenizer(cfg.tokenizer)
     examples = prepare_split(cfg, tokenizer, "train", DataReport())

@@ -163,7 +163,7 @@ class TokenizerSection:
     kind: Literal["hf", "byte", "sentencepiece", "builtin"] = _f(
         "byte",
         "hf: AutoTokenizer dir/hub id; byte: built-in byte-level; sentencepiece: a .model; "
-        "builtin: the data.builtin dataset's own tokenizer (resolved to hf by almol_jax.pipeline).",
+        "builtin: the data.builtin dataset's own tokenizer (resolved to hf by almol_jax.after_training).",
     )
     path: str | None = _f(None, "Dir or hub id (hf), .model file (sentencepiece); None for byte.")
     add_bos: bool = _f(True, "Prepend the BOS token to every prompt (LLaMA convention).")

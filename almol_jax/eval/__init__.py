@@ -15,11 +15,11 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
-    "EvalOptions": "almol_jax.eval.scoring",
-    "eval_options_from_config": "almol_jax.eval.scoring",
+    "EvalOptions": "almol_jax.eval.options",
+    "eval_options_from_config": "almol_jax.eval.options",
     "score": "almol_jax.eval.scoring",
-    "score_caption2smiles": "almol_jax.eval.scoring",
-    "score_smiles2caption": "almol_jax.eval.scoring",
+    "score_caption2smiles": "almol_jax.eval.molecule_scoring",
+    "score_smiles2caption": "almol_jax.eval.caption_scoring",
     "write_report": "almol_jax.eval.report",
     "format_table": "almol_jax.eval.report",
     "read_predictions": "almol_jax.eval.io",

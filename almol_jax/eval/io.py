@@ -54,6 +54,20 @@ def check_task(task: str) -> str:
     return task
 
 
+def check_rows(sources, references, outputs) -> int:
+    """The row count N of (sources or None, references, outputs), checked: equal lengths, and
+    every reference and output a str (a TypeError / ValueError names the first bad one)."""
+    n = len(outputs)
+    if len(references) != n or (sources is not None and len(sources) != n):
+        lens = (None if sources is None else len(sources), len(references), n)
+        raise ValueError(f"sources/references/outputs lengths differ: {lens}")
+    for name, seq in (("references", references), ("outputs", outputs)):
+        for i, value in enumerate(seq):
+            if not isinstance(value, str):
+                raise TypeError(f"{name}[{i}]={value!r:.80} is not a str")
+    return n
+
+
 def _pick(header: list[str], names: tuple[str, ...], what: str, path, line: int) -> int:
     for name in names:
         if name in header:

@@ -117,12 +117,13 @@ def _rdk_has_bits(mol) -> bool:
 
 def pair_metrics(
     pairs: Sequence[tuple[str, str]], morgan_radius: int = 2, canonical: bool = False
-) -> list[dict]:
-    """Per-row molecule metrics of (reference, output) SMILES pairs.
+) -> tuple[list[dict], list[tuple[str | None, str | None]]]:
+    """Per-row molecule metrics of (reference, output) SMILES pairs, and their canonical SMILES.
 
-    Keys: valid, output_valid, exact_match, maccs_fts, rdk_fts, morgan_fts (None unless both
-    parse) and, when ``canonical``, ``_canon`` = (canonical reference, canonical output), None
-    for a side that does not parse.
+    Returns (rows, canonical pairs). Row keys: valid, output_valid, exact_match, maccs_fts,
+    rdk_fts, morgan_fts (None unless both parse). Canonical pairs: (canonical reference,
+    canonical output) per row when ``canonical`` (FCD's inputs), None for a side that does not
+    parse and for both sides when ``canonical`` is False.
     """
     from rdkit import DataStructs
     from rdkit.Chem import MACCSkeys
@@ -163,7 +164,7 @@ def pair_metrics(
                     if mol is not None:
                         need["canonical"][smiles] = None
         got = {kind: {s: compute[kind](mols[s]) for s in strings} for kind, strings in need.items()}
-    out = []
+    out, canonical_pairs = [], []
     for ref, hyp in pairs:
         valid = mols[ref] is not None and mols[hyp] is not None
         row = {
@@ -184,10 +185,9 @@ def pair_metrics(
             row["exact_match"] = bool(inchi) and inchi == got["inchi"][hyp]
             for kind in ("maccs", "rdk", "morgan"):
                 row[f"{kind}_fts"] = tanimoto(got[kind][ref], got[kind][hyp])
-        if canonical:
-            row["_canon"] = tuple(got["canonical"].get(s) for s in (ref, hyp))
+        canonical_pairs.append((got["canonical"].get(ref), got["canonical"].get(hyp)))
         out.append(row)
-    return out
+    return out, canonical_pairs
 
 
 FTS_KEYS = ("maccs_fts", "rdk_fts", "morgan_fts")

@@ -83,7 +83,7 @@ def export_run(
     mesh=None,
 ) -> Path:
     """Exports a trained run (its best checkpoint by default, or `step`, or a step folder)."""
-    from almol_jax.train.checkpoint import restore_for_inference
+    from almol_jax.run.restore import restore_for_inference
 
     if format not in FORMATS:
         raise ValueError(f"format={format!r} is not one of {FORMATS}")

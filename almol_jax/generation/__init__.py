@@ -5,7 +5,8 @@ Text level: `generate_texts` (encode, bucket, batch, decode, detokenise), `setti
 """
 
 from almol_jax.generation.beam import beam_search
-from almol_jax.generation.decode import decode_tokens, split_model
+from almol_jax.generation.decode import decode_tokens
+from almol_jax.generation.kv_steps import split_model
 from almol_jax.generation.sampling import filter_logits, top_k_filter, top_p_filter
 from almol_jax.generation.settings import DecodeSettings
 from almol_jax.generation.text import (

@@ -7,6 +7,7 @@ W-slot pool scored by sum log-prob / generated_length ** length_penalty, and the
 the heuristic says no running beam can beat the pool (`early_stopping=False`), when every pool is
 full (`early_stopping=True`), or at `max_new_tokens`. Beams live on the batch axis (B*W rows);
 the cache is reordered each step with one gather along its batch axis.
+Shares the prefill and one-token step with the greedy decoder (`kv_steps.py`).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from almol_jax.generation.decode import (
+from almol_jax.generation.kv_steps import (
     eos_ids_of,
     first_eos_lengths,
     pad_id_of,

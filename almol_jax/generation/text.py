@@ -16,7 +16,8 @@ from typing import Any
 import jax
 import numpy as np
 
-from almol_jax.generation.decode import decode_tokens, eos_ids_of, pad_id_of, split_model
+from almol_jax.generation.decode import decode_tokens
+from almol_jax.generation.kv_steps import eos_ids_of, pad_id_of, split_model
 from almol_jax.generation.settings import DecodeSettings
 
 

@@ -28,24 +28,30 @@ def abstract_model(config: ModelConfig, *, lora: LoraConfig | None = None):
     return nnx.split(abstract)
 
 
-_DROPOUT_SALT = 0x5EED  # folds the init key into the LoRA-dropout stream's key
 _SELECTIONS = {"all": ..., "non_param": nnx.Not(nnx.Param)}
 
 
+def _stream_keys(rngs: nnx.Rngs | jax.Array | int) -> dict[str, jax.Array]:
+    """{stream: key} of the init: an nnx.Rngs's streams (params, lora, dropout) by their keys, or
+    one key (an int seed) as the "default" stream that every draw then takes from."""
+    if isinstance(rngs, nnx.Rngs):
+        return {name: stream.key[...] for name, stream in rngs.items()}
+    return {"default": jax.random.key(rngs) if isinstance(rngs, int) else rngs}
+
+
 @functools.lru_cache(maxsize=32)
-def _jitted_init(config, lora, mesh, rules, only: str):
-    """One compiled init per (config, lora, mesh, rules, selection)."""
+def _jitted_init(config, lora, mesh, rules, only: str, streams: tuple[str, ...]):
+    """One compiled init per (config, lora, mesh, rules, selection, stream names)."""
     selection = _SELECTIONS[only]
 
-    def init(key):
-        # params come from `key` itself; the LoRA-dropout stream from a key derived from it
-        rngs = nnx.Rngs(params=key, dropout=jax.random.fold_in(key, _DROPOUT_SALT))
+    def init(keys):
+        rngs = nnx.Rngs(**dict(zip(streams, keys, strict=True)))
         model = LlamaForCausalLM(config, lora=lora, rngs=rngs)
         return nnx.state(model, selection)
 
     if mesh is None:
         return jax.jit(init)
-    abstract = jax.eval_shape(init, jax.random.key(0))
+    abstract = jax.eval_shape(init, tuple(jax.random.key(0) for _ in streams))
     return jax.jit(init, out_shardings=state_shardings(abstract, mesh, rules))
 
 
@@ -53,7 +59,7 @@ def init_state(
     config: ModelConfig,
     *,
     lora: LoraConfig | None,
-    key: jax.Array,
+    rngs: nnx.Rngs | jax.Array | int,
     mesh: Mesh | None = None,
     rules: Rules | None = None,
     only: str = "all",
@@ -68,7 +74,8 @@ def init_state(
         if rules is None
         else tuple((k, v if not isinstance(v, list) else tuple(v)) for k, v in rules)
     )
-    return _jitted_init(config, lora, mesh, rules, only)(key)
+    keys = _stream_keys(rngs)
+    return _jitted_init(config, lora, mesh, rules, only, tuple(keys))(tuple(keys.values()))
 
 
 def build_model(
@@ -81,17 +88,12 @@ def build_model(
 ) -> LlamaForCausalLM:
     """A randomly initialised model (HF-like init: N(0, initializer_range), LoRA like PEFT).
 
-    `rngs` may be an nnx.Rngs (its "params" stream, else "default", gives the key), a PRNG key or
-    an int seed; the LoRA-dropout stream is derived from that key. With a mesh, every variable is created directly with its NamedSharding.
+    `rngs`: an nnx.Rngs with streams "params" (base weights), "lora" (adapter A) and "dropout"
+    (adapter dropout), or one PRNG key / int seed that every draw takes from. With a mesh, every
+    variable is created directly with its NamedSharding.
     """
-    if isinstance(rngs, nnx.Rngs):
-        key = rngs.params() if "params" in rngs else rngs.default()
-    elif isinstance(rngs, int):
-        key = jax.random.key(rngs)
-    else:
-        key = rngs
     graphdef, _ = abstract_model(config, lora=lora)
-    state = init_state(config, lora=lora, key=key, mesh=mesh, rules=rules)
+    state = init_state(config, lora=lora, rngs=rngs, mesh=mesh, rules=rules)
     return nnx.merge(graphdef, state)
 
 
@@ -103,14 +105,14 @@ def load_model(
     lora: LoraConfig | None = None,
     mesh: Mesh | None = None,
     rules: Rules | None = None,
-    seed: int = 0,
+    rngs: nnx.Rngs | jax.Array | int = 0,
     config_overrides: dict | None = None,
     revision: str | None = None,
 ) -> LlamaForCausalLM:
     """Loads a LLaMA-family HF checkpoint (local dir or hub repo id) as an NNX model.
 
     `dtype` is the compute dtype, `param_dtype` the base storage dtype (default: `dtype`);
-    adapters (when `lora` is given) are freshly initialised from `seed` (B = 0, so the loaded
+    adapters (when `lora` is given) are freshly initialised from `rngs` (B = 0, so the loaded
     model's outputs are unchanged).
     """
     from almol_jax.model.hf_weights import load_hf_params, resolve_checkpoint_dir
@@ -123,7 +125,7 @@ def load_model(
     rest = init_state(
         config,
         lora=lora,
-        key=jax.random.key(seed),
+        rngs=rngs,
         mesh=mesh,
         rules=rules,
         only="non_param",

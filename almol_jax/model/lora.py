@@ -63,9 +63,7 @@ class Linear(nnx.Module):
         if lora is not None and lora.targets(name):
             lora_dtype = dtype_of(lora.param_dtype)
             bound = 1.0 / math.sqrt(in_features)
-            a = jax.random.uniform(
-                rngs.params(), (in_features, lora.r), minval=-bound, maxval=bound
-            )
+            a = jax.random.uniform(rngs.lora(), (in_features, lora.r), minval=-bound, maxval=bound)
             self.lora_a = LoRAParam(
                 a.astype(lora_dtype), out_sharding=(axes[0], "lora_rank"), eager_sharding=False
             )

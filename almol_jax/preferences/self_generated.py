@@ -297,9 +297,9 @@ def build_from_checkpoint(
 ) -> tuple[list[PreferenceRow], dict]:
     """Restores a run and builds self-generated triplets for a split of `cfg` (default: the run's
     own config). The sampling key is the "sampling" key of `seed` (default cfg.seed)."""
-    from almol_jax.evaluate_checkpoint import load_for_eval
     from almol_jax.generation import settings_from_config
-    from almol_jax.train.setup import seed_keys
+    from almol_jax.run.restore import load_for_eval
+    from almol_jax.run.seeds import seed_keys
 
     run_cfg, model, tokenizer, run_dir, chosen, use_adapters = load_for_eval(
         checkpoint, adapters=adapters, step=step

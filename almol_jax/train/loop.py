@@ -24,15 +24,15 @@ import jax
 
 from almol_jax.config import dump_config
 from almol_jax.cpu import runtime as cpu_runtime
+from almol_jax.run.checkpoint import RunCheckpointer
+from almol_jax.run.setup import build_run_model, make_run_mesh
 from almol_jax.sharding import batch_shard_count
 from almol_jax.train import data_setup, placement
 from almol_jax.train import optimizer as opt_lib
 from almol_jax.train import step as step_lib
-from almol_jax.train.checkpoint import RunCheckpointer
 from almol_jax.train.distributed import maybe_initialize
 from almol_jax.train.metrics_log import MetricsLogger, truncate_metrics
 from almol_jax.train.progress import MetricsDrain, Progress, host_metrics
-from almol_jax.train.setup import build_run_model, make_run_mesh
 from almol_jax.train.signals import StopRequest, install_sigterm
 from almol_jax.train.validation import validate
 

@@ -1,4 +1,4 @@
-"""Orbax checkpoints of a run, and `restore_for_inference` for generation, evaluation and export.
+"""Orbax checkpoints of a run: the manager of `<run_dir>/checkpoints` and what it records.
 
 Layout (docs/DESIGN.md, "Checkpoint contract"): `<run_dir>/checkpoints/<step>/` with the items
   "trainable"  the trained variables (adapters only for LoRA runs, all Params otherwise)
@@ -8,7 +8,8 @@ Layout (docs/DESIGN.md, "Checkpoint contract"): `<run_dir>/checkpoints/<step>/` 
 Saves are asynchronous (arrays are copied to host before `save` returns, so the step may donate
 them right after); an interrupted save leaves only a temporary folder that is never restored.
 The manager keeps the last `keep_last` checkpoints and, when `keep_best`, the one with the lowest
-validation loss.
+validation loss. Which step a path or "best" / "latest" names: `locate.py`; a trained run ready
+for inference: `restore.py`.
 """
 
 from __future__ import annotations
@@ -126,19 +127,6 @@ class RunCheckpointer:
         self.manager.close()
 
 
-def _run_and_step(path: str | Path) -> tuple[Path, int | None]:
-    """(run_dir, explicit step or None) of a run directory or a checkpoints/<step> folder."""
-    path = Path(path).absolute()
-    if (path / "config.yaml").is_file():
-        return path, None
-    if path.name.isdigit() and path.parent.name == CHECKPOINTS:
-        return path.parent.parent, int(path.name)
-    raise ValueError(
-        f"{str(path)!r} is neither a run directory (with config.yaml) nor a "
-        f"<run_dir>/{CHECKPOINTS}/<step> checkpoint folder"
-    )
-
-
 def latest_step(run_dir: str | Path) -> int | None:
     """The newest complete checkpoint step of a run directory, or None."""
     if not (Path(run_dir) / CHECKPOINTS).is_dir():
@@ -163,56 +151,3 @@ def read_meta(run_dir: str | Path, step: int) -> dict[str, Any]:
         int(step), args=ocp.args.Composite(meta=ocp.args.JsonRestore())
     )
     return restored.meta
-
-
-def _inference_mesh(cfg, make_run_mesh):
-    """The run's own mesh when this process's devices fit it, else all devices on "fsdp" (e.g. a
-    pod-trained run evaluated on one accelerator)."""
-    try:
-        return make_run_mesh(cfg)
-    except ValueError:
-        from almol_jax.sharding import make_mesh
-
-        return make_mesh(None)
-
-
-def restore_for_inference(run_dir_or_step_dir: str | Path, mesh=None, *, step: str | int = "best"):
-    """(run_config, model, tokenizer) of a trained run, ready for generation or export.
-
-    `run_dir_or_step_dir` is a run directory (then `step`: "best" = lowest validation loss,
-    falling back to the latest; "latest"; or a number) or a `<run_dir>/checkpoints/<step>` folder.
-    The base is rebuilt from the run's config (HF source, or the same seeded random init) and the
-    checkpoint's trainable variables (adapters for LoRA runs) are restored into it.
-    `mesh=None`: the run's mesh when the devices here fit it, else all devices on "fsdp".
-    """
-    from flax import nnx
-
-    from almol_jax.config import load_config
-    from almol_jax.train.optimizer import trainable_filter
-    from almol_jax.train.setup import build_run_model, load_run_tokenizer, make_run_mesh
-
-    run_dir, explicit = _run_and_step(run_dir_or_step_dir)
-    cfg = load_config(run_dir / "config.yaml")
-    ckpt = RunCheckpointer(run_dir, read_only=True)
-    if explicit is not None:
-        chosen = explicit
-    elif step == "best":
-        chosen = ckpt.best_step()
-        chosen = ckpt.latest_step() if chosen is None else chosen
-    elif step == "latest":
-        chosen = ckpt.latest_step()
-    else:
-        chosen = int(step)
-    if chosen is None:
-        raise ValueError(f"run directory {str(run_dir)!r} holds no complete checkpoint")
-    if chosen not in ckpt.manager.all_steps():
-        raise ValueError(
-            f"checkpoint step {chosen} is not in {str(run_dir)!r}; steps: {ckpt.manager.all_steps()}"
-        )
-    if mesh is None:
-        mesh = _inference_mesh(cfg, make_run_mesh)
-    model = build_run_model(cfg, mesh=mesh)
-    graphdef, trainable, rest = nnx.split(model, trainable_filter(cfg.lora.enabled), ...)
-    trainable = ckpt.restore_trainable(chosen, trainable)
-    model = nnx.merge(graphdef, trainable, rest)
-    return cfg, model, load_run_tokenizer(run_dir, cfg)

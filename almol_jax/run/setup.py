@@ -1,7 +1,9 @@
-"""Builds the objects of a run from its RunConfig: PRNG keys by purpose, mesh, model, tokenizer.
+"""Builds the objects of a run from its RunConfig: mesh, model (seeded by purpose), tokenizer.
 
 Shared by the training loop and `restore_for_inference`, so a restored run rebuilds exactly the
-network it trained (same preset/overrides or HF source, same seed for a random-init base).
+network it trained (same preset/overrides or HF source, same seed for a random-init base). The
+model's random draws come from the run's keys by purpose (`seeds.seed_keys`): base weights from
+"params", adapters from "lora", adapter dropout from "dropout".
 """
 
 from __future__ import annotations
@@ -9,15 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import jax
-
-PURPOSES = ("params", "lora", "data", "dropout", "sampling")
-
-
-def seed_keys(seed: int) -> dict[str, jax.Array]:
-    """The one logged seed split by purpose: {purpose: key} (fold_in of the purpose index)."""
-    root = jax.random.key(seed)
-    return {name: jax.random.fold_in(root, i) for i, name in enumerate(PURPOSES)}
+from almol_jax.run.seeds import seed_keys
 
 
 def lora_config(cfg) -> Any:
@@ -54,17 +48,20 @@ def model_config(cfg) -> Any:
 def build_run_model(cfg, *, mesh=None) -> Any:
     """The network of a run, sharded on `mesh`: HF weights (source) or seeded random init.
 
-    Adapters (LoRA runs) are freshly initialised from the "params" key; a checkpoint restore
-    replaces them.
+    Adapters (LoRA runs) are freshly initialised from the "lora" key and their dropout draws from
+    the "dropout" key; a checkpoint restore replaces the adapters.
     """
+    from flax import nnx
+
     from almol_jax.model import build_model, load_model
 
     rules = cfg.mesh.rules
     lora = lora_config(cfg)
-    key = seed_keys(cfg.seed)["params"]
+    keys = seed_keys(cfg.seed)
+    rngs = nnx.Rngs(**{purpose: keys[purpose] for purpose in ("params", "lora", "dropout")})
     m = cfg.model
     if m.source is None:
-        return build_model(model_config(cfg), lora=lora, rngs=key, mesh=mesh, rules=rules)
+        return build_model(model_config(cfg), lora=lora, rngs=rngs, mesh=mesh, rules=rules)
     overrides = _model_overrides(cfg)
     dtype, param_dtype = overrides.pop("dtype"), overrides.pop("param_dtype")
     return load_model(
@@ -74,7 +71,7 @@ def build_run_model(cfg, *, mesh=None) -> Any:
         lora=lora,
         mesh=mesh,
         rules=rules,
-        seed=cfg.seed,
+        rngs=rngs,
         config_overrides=overrides,
     )
 

@@ -8,7 +8,7 @@ directory (building or reusing the dataset), so every later step sees a plain HF
   off) and the best checkpoint (lowest validation loss), both written under `<run_dir>/eval/`;
 - the Hugging Face export of the best checkpoint (`export.format`, `export.dir`);
 - a step-0 vs final table (test metrics, plus CPO's validation reward accuracy read from
-  metrics.jsonl), printed and written to `<run_dir>/demo_summary.{json,md}`.
+  metrics.jsonl), printed and written to `<run_dir>/after_training.{json,md}`.
 Plain host Python: the heavy lifting is in `evaluate_checkpoint` and `export_run`.
 """
 
@@ -21,8 +21,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-SUMMARY_JSON = "demo_summary.json"
-SUMMARY_MD = "demo_summary.md"
+SUMMARY_JSON = "after_training.json"
+SUMMARY_MD = "after_training.md"
 STEP0_DIR = "test-step0"
 
 # (metric key, label, higher is better) shown in the summary table, per direction.
@@ -160,6 +160,7 @@ def after_training(
     elif cfg.eval.at_end:
         from almol_jax.eval import eval_options_from_config
         from almol_jax.evaluate_checkpoint import evaluate_checkpoint
+        from almol_jax.run.locate import choose_step
 
         # after training, a missing WordNet/SciBERT vocab skips its metric (recorded in the
         # report) instead of losing the run's evaluation
@@ -185,7 +186,7 @@ def after_training(
                 cfg, run_dir, adapters=adapters, output_dir=output_dir, step="best", **common
             )
             out["seconds"][f"eval_{name}"] = time.perf_counter() - start
-        out["best_step"] = _best_step(run_dir)
+        out["best_step"] = choose_step(run_dir, "best")
         out["eval_dirs"] = {
             "step0": str(run_dir / "eval" / STEP0_DIR),
             "final": str(run_dir / "eval" / f"test-step{out['best_step']}"),
@@ -213,13 +214,6 @@ def after_training(
     )
     (run_dir / SUMMARY_MD).write_text(format_summary(out) + "\n", encoding="utf-8")
     return out
-
-
-def _best_step(run_dir: Path) -> int | None:
-    from almol_jax.train.checkpoint import best_step, latest_step
-
-    step = best_step(run_dir)
-    return latest_step(run_dir) if step is None else step
 
 
 def _has_test_split(cfg: Any) -> bool:
