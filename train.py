@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     from almol_jax.after_training import after_training, format_summary, resolve_builtin
     from almol_jax.config import load_config
     from almol_jax.cpu import runtime
-    from almol_jax.run.seeds import PURPOSES
+    from almol_jax.seeds import PURPOSES
     from almol_jax.train.loop import run_training
 
     cfg = load_config(args.config, args.overrides)

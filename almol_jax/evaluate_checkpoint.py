@@ -78,7 +78,7 @@ def evaluate_checkpoint(
     from almol_jax.eval import EvalOptions, eval_options_from_config
     from almol_jax.generation import settings_from_config
     from almol_jax.run.restore import load_for_eval
-    from almol_jax.run.seeds import seed_keys
+    from almol_jax.seeds import seed_keys
     from almol_jax.sharding import data_parallel_mesh
 
     if isinstance(adapters, str):

@@ -13,9 +13,9 @@ import pytest
 from flax import nnx
 from train_runs import NO_VALIDATION, REPO, env_with_devices, train_cmd, train_records
 
+from almol_jax.model.lora import trainable_filter
 from almol_jax.run.checkpoint import latest_step
 from almol_jax.run.restore import restore_for_inference
-from almol_jax.train.optimizer import trainable_filter
 
 RUN = (
     "train.steps=40",

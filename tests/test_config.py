@@ -253,8 +253,8 @@ def test_names_and_defaults_come_from_their_homes():
 
     from almol_jax.config.sections import DataSection, EvalSection, MeshSection, ObjectiveSection
     from almol_jax.directions import DIRECTIONS
+    from almol_jax.objectives import OBJECTIVES
     from almol_jax.sharding import DEFAULT_RULES, MESH_AXES
-    from almol_jax.train.losses import OBJECTIVES
 
     assert MeshSection().rules == DEFAULT_RULES
     assert set(MESH_AXES) <= {f for f in typing.get_type_hints(MeshSection)}

@@ -1,5 +1,5 @@
 """The house rules that a reader of the code can check mechanically (docs/DESIGN.md, STYLE 1, 17, 18):
-no import circle inside almol_jax, no library file over 450 lines, no function over 100 lines, and
+no import circle inside almol_jax, between modules or between rooms (subpackages), no library file over 450 lines, no function over 100 lines, and
 the CPU wing reached through its two doors only (the runtime module and the model's kernel table),
 with no other library file asking which backend it runs on.
 
@@ -119,6 +119,24 @@ def test_no_import_circle():
     graph = _graph()
     graph = {a: {b for b in deps if not _is_package_init_edge(a, b)} for a, deps in graph.items()}
     assert _cycles(graph) == []
+
+
+def _room(module: str) -> str:
+    """almol_jax.train.step -> almol_jax.train: the package (or root module) a module lives in."""
+    return ".".join(module.split(".")[:2])
+
+
+def test_no_circle_between_rooms():
+    """The rooms (almol_jax's subpackages and root modules) form floors: no room imports one
+    that imports it back, even through function-local imports of different modules."""
+    rooms: dict[str, set[str]] = {}
+    for a, deps in _graph().items():
+        if a == "almol_jax":  # the package's lazy public API sits above every room
+            continue
+        rooms.setdefault(_room(a), set()).update(
+            _room(b) for b in deps if _room(b) != _room(a) and b != "almol_jax"
+        )
+    assert _cycles(rooms) == []
 
 
 def test_cycle_finder_finds_a_circle():

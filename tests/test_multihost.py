@@ -12,12 +12,19 @@ import jax
 import numpy as np
 import pytest
 from flax import nnx
-from train_runs import NO_VALIDATION, REPO, env_with_devices, train_cmd, train_records
+from train_runs import (
+    NO_VALIDATION,
+    REPO,
+    assert_records_close,
+    env_with_devices,
+    train_cmd,
+    train_records,
+)
 
+from almol_jax.model.lora import trainable_filter
 from almol_jax.run.checkpoint import latest_step
 from almol_jax.run.restore import restore_for_inference
 from almol_jax.train.distributed import environment_says_multihost, should_initialize
-from almol_jax.train.optimizer import trainable_filter
 
 KEYS = ("loss", "nll_loss", "rewards/margins", "logps/chosen", "logps/rejected")
 
@@ -62,8 +69,7 @@ def test_one_device_equals_eight_devices_data_fsdp_tensor(tmp_path):
     a, b = train_records(tmp_path / "one"), train_records(tmp_path / "eight")
     assert [r["step"] for r in a] == [r["step"] for r in b] == [1, 2, 3, 4, 5]
     for ra, rb in zip(a, b, strict=True):
-        for key in KEYS:
-            np.testing.assert_allclose(rb[key], ra[key], rtol=1e-5, atol=0, err_msg=key)
+        assert_records_close(rb, ra, KEYS, rtol=1e-5)
 
 
 @pytest.mark.slow
@@ -93,8 +99,7 @@ def test_two_processes_train_on_one_mesh_and_a_single_process_restores(tmp_path)
     multi, ref = train_records(tmp_path / "multi"), train_records(tmp_path / "single")
     assert [r["step"] for r in multi] == [1, 2, 3]
     for rm, rs in zip(multi, ref, strict=True):
-        for key in KEYS:
-            np.testing.assert_allclose(rm[key], rs[key], rtol=1e-5, atol=0, err_msg=key)
+        assert_records_close(rm, rs, KEYS, rtol=1e-5)
     for got, want in zip(_params(tmp_path / "multi"), _params(tmp_path / "single"), strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 

@@ -11,6 +11,7 @@ import pytest
 from train_runs import (
     TINY,
     assert_hosts_concatenate,
+    assert_records_close,
     overrides,
     plain_oracle_first_step,
     three_step_config,
@@ -106,8 +107,7 @@ def test_run_with_packing_logs_the_same_losses(tmp_path, objective):
     assert off_seen == [1] * 3 and on_seen == [3] * 3  # the packed layout really ran
     keys = KEYS if objective == "cpo" else ("loss", "nll_loss", "grad_norm")
     for a, b in zip(on_train, off_train, strict=True):
-        for key in keys:
-            np.testing.assert_allclose(a[key], b[key], rtol=2e-5, atol=1e-6, err_msg=key)
+        assert_records_close(a, b, keys, rtol=2e-5, atol=1e-6)
     assert len(on_eval) == len(off_eval) == 1
     np.testing.assert_allclose(on_eval[0]["eval/loss"], off_eval[0]["eval/loss"], rtol=2e-5)
     # step 1 (the fresh parameters) against the plain layout's full logits

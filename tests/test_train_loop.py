@@ -10,12 +10,12 @@ from flax import nnx
 from train_runs import TINY, overrides
 
 from almol_jax.config import load_config
+from almol_jax.model.lora import trainable_filter
 from almol_jax.run.checkpoint import RunCheckpointer, best_step
 from almol_jax.run.restore import restore_for_inference
 from almol_jax.run.setup import build_run_model
 from almol_jax.train.loop import run_training
 from almol_jax.train.metrics_log import read_metrics
-from almol_jax.train.optimizer import trainable_filter
 
 TRAIN_KEYS = {
     "loss",

@@ -12,6 +12,7 @@ from flax import nnx
 
 from almol_jax.config.sections import ObjectiveSection
 from almol_jax.model import LoraConfig, ModelConfig, build_model
+from almol_jax.model.lora import trainable_filter
 from almol_jax.train import optimizer as opt_lib
 from almol_jax.train import step as step_lib
 
@@ -25,7 +26,7 @@ def tiny_model(*, lora: bool = False, seed: int = 0, **overrides):
 
 
 def split(model, lora: bool):
-    return nnx.split(model, opt_lib.trainable_filter(lora), ...)
+    return nnx.split(model, trainable_filter(lora), ...)
 
 
 def triplet_batch(num_pairs: int, *, seq_len: int = 24, prompt_len: int = 10, seed: int = 0):

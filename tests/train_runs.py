@@ -14,6 +14,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
+
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "configs" / "tiny.yaml"
 CACHE = Path(tempfile.gettempdir()) / f"almol_jax_test_xla_cache_{os.getuid()}"
@@ -87,9 +89,9 @@ def plain_oracle_first_step(cfg) -> dict[str, float]:
     from almol_jax.data.report import DataReport
     from almol_jax.data.tokenize import prepare_split
     from almol_jax.data.tokenizer import load_tokenizer
+    from almol_jax.model.lora import trainable_filter
     from almol_jax.run.setup import build_run_model
     from almol_jax.train.loop import step_settings
-    from almol_jax.train.optimizer import trainable_filter
 
     tokenizer = load_tokenizer(cfg.tokenizer)
     examples = prepare_split(cfg, tokenizer, "train", DataReport())
@@ -153,3 +155,16 @@ def assert_hosts_concatenate(hosts, whole, *, steps: int) -> None:
         for key in full:
             assert all(p[key].shape == parts[0][key].shape for p in parts), key
             np.testing.assert_array_equal(np.concatenate([p[key] for p in parts]), full[key])
+
+
+def assert_records_close(got: dict, want: dict, keys, *, rtol: float, atol: float = 0.0) -> None:
+    """Two runs' logged metrics agree on `keys`. rewards/margins is a difference of two rewards,
+    so float32 gives it the rewards' absolute error, not its own relative one: its absolute
+    tolerance is rtol times the larger reward (a margin of 0.03 made of rewards near 19 cannot
+    agree to 1e-5 of itself when the rewards agree to 1e-5 of theirs)."""
+    for key in keys:
+        tol = atol
+        if key == "rewards/margins":
+            rewards = max(abs(want["rewards/chosen"]), abs(want["rewards/rejected"]))
+            tol = max(atol, rtol * rewards)
+        np.testing.assert_allclose(got[key], want[key], rtol=rtol, atol=tol, err_msg=key)

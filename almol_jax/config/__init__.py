@@ -12,7 +12,7 @@ from almol_jax.config.coerce import config_to_dict
 from almol_jax.config.loader import apply_override, config_to_yaml, dump_config, load_config
 from almol_jax.config.run import RunConfig, field_docs, validate
 from almol_jax.directions import DIRECTIONS, directions_of
-from almol_jax.train.losses import OBJECTIVES
+from almol_jax.objectives import OBJECTIVES
 
 __all__ = [
     "DIRECTIONS",

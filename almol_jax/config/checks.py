@@ -21,7 +21,7 @@ from almol_jax.config.sections import (
     TokenizerSection,
     TrainSection,
 )
-from almol_jax.config.templates import SOURCE_PLACEHOLDER
+from almol_jax.data.templates import SOURCE_PLACEHOLDER
 from almol_jax.directions import DIRECTIONS
 from almol_jax.sharding import MESH_AXES
 

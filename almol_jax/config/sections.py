@@ -5,7 +5,7 @@ docs/configuration.md is generated from these (config/reference.py). The root ``
 holds them is in config/run.py; the YAML parsing in config/coerce.py; cross-field checks in
 config/checks.py. Facts with a home elsewhere are imported, not restated: the objective names
 (train/losses.py), the directions (almol_jax/directions.py), the mesh axes' default rules
-(almol_jax/sharding.py), the prompt templates (config/templates.py) and the LoRA fields (the
+(almol_jax/sharding.py), the prompt templates (data/templates.py) and the LoRA fields (the
 model's LoraConfig, which the ``lora`` section extends with its ``enabled`` switch).
 
 Sequences are stored as tuples and nested mappings as small dataclasses so that every section
@@ -18,16 +18,16 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from almol_jax.config.templates import MEDITRON_CAPTION2SMILES, MEDITRON_SMILES2CAPTION
 from almol_jax.data.prefix_sharing import PREFIX_SHARING_MODES
+from almol_jax.data.templates import MEDITRON_CAPTION2SMILES, MEDITRON_SMILES2CAPTION
 from almol_jax.directions import DIRECTIONS
 from almol_jax.doc_field import doc_field as _f
 from almol_jax.doc_field import section_field
 from almol_jax.model.config import REMAT_NAMES
 from almol_jax.model.kernels import ATTENTION_IMPLS, KERNEL_SETS
 from almol_jax.model.lora_config import LoraConfig
+from almol_jax.objectives import OBJECTIVES
 from almol_jax.sharding import DEFAULT_RULES
-from almol_jax.train.losses import OBJECTIVES
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from almol_jax.data.tokenize import Row, TokenizedExample
+from almol_jax.seeds import data_seed
 
 PAD_INDEX = -1  # a padding pair in a plan
 
@@ -214,7 +215,10 @@ class BatchIterator:
         process_count: int = 1,
         seed: int | None = None,
     ) -> BatchIterator:
-        """The training (shuffled, looping) or validation (ordered, one pass) iterator of a RunConfig."""
+        """The training (shuffled, looping) or validation (ordered, one pass) iterator of a RunConfig.
+
+        The order's seed is drawn from the run's "data" key (`seeds.data_seed`) unless given.
+        """
         d, t = cfg.data, cfg.train
         return cls(
             examples,
@@ -224,7 +228,7 @@ class BatchIterator:
             buckets=d.buckets,
             bos_id=tokenizer.bos_token_id,
             pad_id=tokenizer.pad_token_id,
-            seed=cfg.seed if seed is None else seed,
+            seed=data_seed(cfg.seed) if seed is None else seed,
             shuffle=d.shuffle and train,
             drop_last=d.drop_last and train,
             loop=train,

@@ -41,7 +41,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from almol_jax.data.plan_iterator import PlanFollowingIterator
-from almol_jax.train.losses import PAIR_OBJECTIVES
+from almol_jax.objectives import PAIR_OBJECTIVES
 
 ROLE_PROMPT, ROLE_CHOSEN, ROLE_REJECTED = 0, 1, 2
 INDEXED_KEYS = (

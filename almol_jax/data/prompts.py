@@ -2,14 +2,14 @@
 
 A template holds ``{source}`` exactly once; it is replaced by plain string substitution (no
 ``str.format``), so braces or ``%`` in SMILES and captions are safe. The defaults are the Meditron
-L+M-24 model-card prompts (config/templates.py, quoted from ALMOL.md).
+L+M-24 model-card prompts (data/templates.py, quoted from ALMOL.md).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from almol_jax.config.templates import SOURCE_PLACEHOLDER
+from almol_jax.data.templates import SOURCE_PLACEHOLDER
 from almol_jax.directions import DIRECTIONS
 
 

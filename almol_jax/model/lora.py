@@ -125,6 +125,11 @@ def project(linears: tuple[Linear, ...], x_BTI: jax.Array) -> list[jax.Array]:
     ]
 
 
+def trainable_filter(lora_enabled: bool):
+    """The NNX filter of the variables that are trained: adapters with LoRA, all Params without."""
+    return LoRAParam if lora_enabled else nnx.Param
+
+
 def lora_state(model: nnx.Module) -> nnx.State:
     """The adapter variables of `model` (what the optimizer trains and checkpoints hold)."""
     return nnx.state(model, LoRAParam)

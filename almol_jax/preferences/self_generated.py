@@ -299,7 +299,7 @@ def build_from_checkpoint(
     own config). The sampling key is the "sampling" key of `seed` (default cfg.seed)."""
     from almol_jax.generation import settings_from_config
     from almol_jax.run.restore import load_for_eval
-    from almol_jax.run.seeds import seed_keys
+    from almol_jax.seeds import seed_keys
 
     run_cfg, model, tokenizer, run_dir, chosen, use_adapters = load_for_eval(
         checkpoint, adapters=adapters, step=step

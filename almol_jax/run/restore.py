@@ -35,7 +35,7 @@ def restore_for_inference(run_dir_or_step_dir: str | Path, mesh=None, *, step: s
     from flax import nnx
 
     from almol_jax.config import load_config
-    from almol_jax.train.optimizer import trainable_filter
+    from almol_jax.model.lora import trainable_filter
 
     run_dir, chosen = locate_checkpoint(run_dir_or_step_dir, step)
     cfg = load_config(run_dir / "config.yaml")

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from almol_jax.run.seeds import seed_keys
+from almol_jax.seeds import seed_keys
 
 
 def lora_config(cfg) -> Any:

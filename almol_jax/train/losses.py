@@ -39,6 +39,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from almol_jax.objectives import OBJECTIVES
+
 METRIC_NAMES = (
     "loss",
     "nll_loss",
@@ -49,9 +51,6 @@ METRIC_NAMES = (
     "logps/chosen",
     "logps/rejected",
 )
-OBJECTIVES = ("cpo", "sft", "dpo", "ipo", "simpo", "hinge")
-# the objectives that score a chosen against a rejected response (all but sft)
-PAIR_OBJECTIVES = tuple(name for name in OBJECTIVES if name != "sft")
 AVERAGED = ("ipo", "simpo")  # objectives that use per-token averaged log-probs
 NEEDS_REFERENCE = ("dpo",)
 

@@ -5,7 +5,7 @@ linear decay with 10% warm-up, global-norm clipping at 1.0. The schedules follow
 definitions (`get_linear_schedule_with_warmup`, `get_cosine_schedule_with_warmup`): the first
 update uses lr(0) (0 when there is warm-up), warm-up steps = ceil(warmup_ratio * total_steps).
 
-LoRA is a variable type, not a code path: `trainable_filter(lora_enabled)` returns the NNX filter
+LoRA is a variable type, not a code path: `model.lora.trainable_filter(lora_enabled)` returns the NNX filter
 that selects what the gradient and optimizer see (LoRAParam adapters, or every nnx.Param).
 """
 
@@ -14,7 +14,6 @@ from __future__ import annotations
 import math
 
 import optax
-from flax import nnx
 
 SCHEDULES = ("linear", "cosine", "constant")
 
@@ -69,12 +68,3 @@ def make_optimizer(
         parts.append(optax.clip_by_global_norm(max_grad_norm))
     parts.append(optax.adamw(schedule, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay))
     return optax.chain(*parts)
-
-
-def trainable_filter(lora_enabled: bool):
-    """The NNX filter of the variables that are trained: adapters with LoRA, all Params without."""
-    if lora_enabled:
-        from almol_jax.model.lora import LoRAParam
-
-        return LoRAParam
-    return nnx.Param

@@ -22,8 +22,8 @@ import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
+from almol_jax.model.lora import trainable_filter
 from almol_jax.sharding import logical_sharding, state_shardings
-from almol_jax.train import optimizer as opt_lib
 from almol_jax.train import step as step_lib
 
 
@@ -84,7 +84,7 @@ class PlacedModel:
 def place_model(model, *, lora: bool, tx, mesh, rules) -> PlacedModel:
     """Splits `model` (trainable: adapters when `lora`, else every nnx.Param) and builds a fresh
     TrainState sharded by the rules."""
-    graphdef, trainable, frozen = nnx.split(model, opt_lib.trainable_filter(lora), ...)
+    graphdef, trainable, frozen = nnx.split(model, trainable_filter(lora), ...)
     replicated = NamedSharding(mesh, PartitionSpec())
     trainable_sh = full_shardings(trainable, mesh, rules)
     frozen_sh = full_shardings(frozen, mesh, rules)

@@ -36,22 +36,22 @@ import sentencepiece
 from rdkit import Chem
 from tqdm.auto import tqdm
 
-from almol_jax.config.templates import (
-    MEDITRON_CAPTION2SMILES,
-    MEDITRON_SMILES2CAPTION,
-    SOURCE_PLACEHOLDER,
-)
 from almol_jax.data.demo.captions import CaptionStyle, render_caption
 from almol_jax.data.demo.facts import compute_facts
 from almol_jax.data.demo.molecules import load_molecules, nci_path
 from almol_jax.data.demo.neighbours import nearest_neighbours
 from almol_jax.data.demo.scaffold_split import SPLITS, murcko_scaffold, scaffold_split
 from almol_jax.data.demo.tokenizer_sp import train_sentencepiece
+from almol_jax.data.templates import (
+    MEDITRON_CAPTION2SMILES,
+    MEDITRON_SMILES2CAPTION,
+    SOURCE_PLACEHOLDER,
+)
 from almol_jax.directions import DIRECTIONS
 
 FORMAT_VERSION = 2  # 2: smiles2caption rejections in the chosen caption's style
 
-# The default prompt templates' text (config/templates.py, {source} removed) is added to the
+# The default prompt templates' text (data/templates.py, {source} removed) is added to the
 # tokenizer's training text so prompts tokenise compactly; pass a run's own templates as
 # DemoParams.extra_texts.
 ALMOL_PROMPT_TEXTS: tuple[str, ...] = tuple(
