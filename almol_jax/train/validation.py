@@ -6,14 +6,36 @@ returns {"eval/<metric>": mean over pairs}, or None when the split holds no pair
 directions in the split (data.validation_by_direction), each direction gets its own pass
 (train.eval_batches shared between them: ceil(eval_batches / directions) each) and its own
 "eval/<direction>/<metric>" and "eval/<direction>/num_pairs"; the pooled "eval/<metric>" is
-their pair-weighted mean.
+their pair-weighted mean. `ranking_loss` is the loss a validated checkpoint is ranked by: a
+NaN or infinite validation loss is reported (the metrics keep it, a warning line says so) and
+never ranks a checkpoint as best.
 """
 
 from __future__ import annotations
 
+import logging
+import math
 from collections.abc import Callable, Iterable
 
 Evaluate = Callable[[dict], dict[str, float]]
+log = logging.getLogger(__name__)
+
+
+def ranking_loss(metrics: dict[str, float] | None, step: int) -> float | None:
+    """The validation loss that ranks checkpoint `step` for "best": eval/loss when it is finite;
+    None (with a warning line) when it is NaN or infinite, so that step is never chosen as best.
+    The non-finite value itself stays in the logged metrics."""
+    if metrics is None:
+        return None
+    loss = metrics["eval/loss"]
+    if math.isfinite(loss):
+        return loss
+    log.warning(
+        "validation loss at step %d is %s (not finite): its checkpoint is never chosen as best",
+        step,
+        loss,
+    )
+    return None
 
 
 def validation_pass(
