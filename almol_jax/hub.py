@@ -50,6 +50,16 @@ def local_or_hub(value: str | os.PathLike, key: str) -> Path | str:
     )
 
 
+def _transport_errors() -> tuple[type[BaseException], ...]:
+    """httpx's errors (huggingface_hub's transport) when it is installed: no network is the
+    user's environment, not a bug."""
+    try:
+        import httpx
+    except ImportError:
+        return ()
+    return (httpx.HTTPError,)
+
+
 def fetch(
     repo_id: str, key: str, allow_patterns: Sequence[str], revision: str | None = None
 ) -> Path:
@@ -65,7 +75,7 @@ def fetch(
             allow_patterns=list(allow_patterns),
             local_files_only=is_offline,
         )
-    except Exception as err:  # noqa: BLE001 - any Hub failure is reported as the user's to fix
+    except (OSError, ValueError, *_transport_errors()) as err:  # not found, offline, no network
         if is_offline:
             raise UserError(
                 f"{key}={repo_id!r} is a Hub id, but the environment is offline "

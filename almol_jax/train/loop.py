@@ -38,7 +38,7 @@ from almol_jax.train.metrics_log import MetricsLogger, truncate_metrics
 from almol_jax.train.progress import MetricsDrain, Progress, host_metrics
 from almol_jax.train.resume import record_run, restore_run, resumable_step
 from almol_jax.train.signals import StopRequest, install_sigterm
-from almol_jax.train.validation import ranking_loss, validate
+from almol_jax.train.validation import flag_non_finite, ranking_loss, validate
 
 
 def step_settings(cfg, total_steps: int) -> step_lib.StepSettings:
@@ -208,7 +208,7 @@ class TrainingLoop:
                 steps.eval(m.graphdef, m.state.trainable, m.frozen, batch, self.settings)
             )
 
-        return validate(evaluate, self.data, self.cfg.train.eval_batches)
+        return flag_non_finite(validate(evaluate, self.data, self.cfg.train.eval_batches))
 
     def save(self, step: int, val_loss: float | None = None) -> None:
         """A checkpoint of step `step` (FloatingPointError instead if a parameter is not finite)."""
