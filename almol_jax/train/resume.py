@@ -12,6 +12,7 @@ tokenizer and data_report.json. A refused resume leaves every file as it was.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from almol_jax.run.locate import RunDirectoryError
 
 CONFIG = "config.yaml"
 CONFIG_HISTORY = "config_history.jsonl"
+log = logging.getLogger(__name__)
 
 
 def resumable_step(cfg, run_dir: Path, fingerprint: dict[str, Any]) -> int | None:
@@ -33,7 +35,12 @@ def resumable_step(cfg, run_dir: Path, fingerprint: dict[str, Any]) -> int | Non
     step = latest_step(run_dir)
     if step is None:
         return None
-    check_resume(run_dir, step, read_meta(run_dir, step).get(FINGERPRINT), fingerprint)
+    recorded = read_meta(run_dir, step).get(FINGERPRINT)
+    if recorded is None:
+        log.warning(
+            "checkpoint %d of %s records no fingerprint (older run): unchecked", step, run_dir
+        )
+    check_resume(run_dir, step, recorded, fingerprint)
     return step
 
 
