@@ -104,8 +104,9 @@ def run_training(
         record_run(cfg, run_dir, data, start)
         truncate_metrics(run_dir, start)
     steps = placement.build_steps(model, data.train.peek(), mesh, rules)
-    loop = TrainingLoop(cfg, data, model, steps, settings, ckpt, batch_hook=batch_hook)
-    loop.fingerprint = fingerprint
+    loop = TrainingLoop(
+        cfg, data, model, steps, settings, ckpt, batch_hook=batch_hook, fingerprint=fingerprint
+    )
     return loop.run(start, stop or StopRequest(), run_dir=run_dir, primary=primary)
 
 
@@ -116,12 +117,14 @@ class TrainingLoop:
     iterator; run() returns the summary dict of run_training.
     """
 
-    def __init__(self, cfg, data, model, steps, settings, ckpt, *, batch_hook=None):
+    def __init__(
+        self, cfg, data, model, steps, settings, ckpt, *, batch_hook=None, fingerprint=None
+    ):
         self.cfg, self.data, self.model, self.steps = cfg, data, model, steps
         self.settings, self.ckpt, self.batch_hook = settings, ckpt, batch_hook
         self.eval_every = cfg.train.eval_every or data.steps_per_epoch
         self.last_eval: dict[str, float] | None = None
-        self.fingerprint: dict | None = None  # what the trainables depend on (meta)
+        self.fingerprint: dict | None = fingerprint  # what the trainables depend on (meta)
 
     def run(self, start: int, stop: StopRequest, *, run_dir: Path, primary: bool) -> dict:
         """Steps from `start` to data.total_steps (or until `stop`); returns the summary."""
