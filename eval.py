@@ -7,6 +7,9 @@ JSONL), scores it with :mod:`almol_jax.eval`, prints the headline table and, wit
 ``--output-dir``, writes metrics.json, metrics.md, per_row.csv and PNG plots. Checkpoint mode
 (``--config/--checkpoint``: generate, then score) is its own branch of :func:`main`: its flags
 and ``run_checkpoint_cli`` live here, the work in :func:`almol_jax.evaluate_checkpoint.evaluate_checkpoint`.
+A checkpoint is not loaded onto another base than the one it was trained on unless
+``--allow-other-base`` (almol_jax/run/restore.py). A user's mistake ends with one ``error: ...``
+line and exit status 2 (``--debug``: with its traceback), a bug with a traceback (exit 1).
 """
 
 from __future__ import annotations
