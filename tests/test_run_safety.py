@@ -160,6 +160,10 @@ def test_refused_resume_names_each_key_and_writes_nothing(tiny_run):
     )
     assert "lora." not in proc.stderr.splitlines()[-1]  # unchanged keys are not listed
     assert _hashes(tiny_run) == before
+    # same trainables, but the data iterator's state does not fit: refused at restore, unchanged
+    proc = _train(tiny_run, "train.micro_batch_size=2")
+    _error_line(proc, "does not fit this config", "global_batch=8", "output_dir")
+    assert _hashes(tiny_run) == before
 
 
 def test_compatible_resume_keeps_the_config_history(run_copy):
