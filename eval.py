@@ -7,6 +7,9 @@ JSONL), scores it with :mod:`almol_jax.eval`, prints the headline table and, wit
 ``--output-dir``, writes metrics.json, metrics.md, per_row.csv and PNG plots. Checkpoint mode
 (``--config/--checkpoint``: generate, then score) is its own branch of :func:`main`: its flags
 and ``run_checkpoint_cli`` live here, the work in :func:`almol_jax.evaluate_checkpoint.evaluate_checkpoint`.
+A checkpoint is not loaded onto another base than the one it was trained on unless
+``--allow-other-base`` (almol_jax/run/restore.py). A user's mistake ends with one ``error: ...``
+line and exit status 2 (``--debug``: with its traceback), a bug with a traceback (exit 1).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import argparse
 import dataclasses
 import sys
 import time
+from pathlib import Path
 
 
 def add_scoring_arguments(parser: argparse.ArgumentParser) -> None:
@@ -86,6 +90,12 @@ def add_checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
         help="off: the base model of the same run (before/after tables)",
     )
     g.add_argument(
+        "--allow-other-base",
+        action="store_true",
+        help="load the adapters even when the base weights differ from those they were trained "
+        "on (refused by default)",
+    )
+    g.add_argument(
         "--set",
         action="append",
         default=[],
@@ -127,6 +137,7 @@ def run_checkpoint_cli(args: argparse.Namespace, options) -> dict:
         options=options,
         plots=not getattr(args, "no_plots", False),
         progress=True,
+        allow_other_base=args.allow_other_base,
     )
     for direction, metrics in results.items():
         print(f"\n## {direction}\n" + format_table(direction, metrics))
@@ -147,6 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--output-dir", help="write metrics.json, metrics.md, per_row.csv, plots here"
     )
     parser.add_argument("--no-plots", action="store_true")
+    parser.add_argument(
+        "--debug", action="store_true", help="show the traceback of a user error too"
+    )
     add_scoring_arguments(parser)
     add_checkpoint_arguments(parser)
     return parser
@@ -219,8 +233,18 @@ def run_prediction_file(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """eval.py under the error policy: a user's mistake is one `error:` line and exit status 2
+    (almol_jax.errors.run_command; `--debug` shows its traceback), a bug a traceback."""
+    from almol_jax.errors import run_command
+
+    return run_command(run, argv)
+
+
+def run(argv: list[str]) -> int:
+    """eval.py's work; a user's mistake raises UserError."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    from almol_jax.errors import UserError
     from almol_jax.eval.io import PredictionFileError
     from almol_jax.eval.resources import MissingResourceError
 
@@ -232,15 +256,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.predictions:
             if not args.task:
                 parser.error("--task is required with --predictions")
+            if not Path(args.predictions).is_file():
+                raise UserError(f"prediction file {args.predictions!r} does not exist")
             run_prediction_file(args)
             return 0
-        parser.error(
-            "give --predictions FILE (with --task) or --checkpoint RUN_DIR (with --config)"
-        )
-    except (PredictionFileError, MissingResourceError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    except (PredictionFileError, MissingResourceError) as err:  # a bad file, a missing resource
+        raise UserError(str(err)) from err
+    parser.error("give --predictions FILE (with --task) or --checkpoint RUN_DIR (with --config)")
 
 
 if __name__ == "__main__":

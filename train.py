@@ -2,7 +2,9 @@
 
 Thin entry point: parses the config and overrides, runs almol_jax.train.loop.run_training and
 prints its summary as JSON. Resumes from the newest checkpoint in output_dir by default
-(checkpoint.resume=false starts afresh). SIGTERM saves a checkpoint and exits 0; a non-finite loss
+(checkpoint.resume=false starts afresh; a run directory whose checkpoints were trained on another
+model, tokenizer, LoRA or objective is refused before anything in it is written). A user's
+mistake ends with one `error: ...` line and exit status 2 (`--debug`: with its traceback). SIGTERM saves a checkpoint and exits 0; a non-finite loss
 exits 1 with a message naming the step. With eval.at_end / export.at_end set (configs/demo.yaml),
 almol_jax.after_training then evaluates step 0 and the best checkpoint, exports, and prints a table.
 """
@@ -16,8 +18,18 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
+    """train.py under the error policy: a user's mistake is one `error:` line and exit status 2
+    (almol_jax.errors.run_command; `--debug` shows its traceback), a bug a traceback."""
+    from almol_jax.errors import run_command
+
+    return run_command(run, argv)
+
+
+def run(argv: list[str]) -> int:
+    """train.py's work; a user's mistake raises UserError."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", help="YAML run config (default: all defaults)")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of a user error")
     parser.add_argument("overrides", nargs="*", help="key.sub=value overrides")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from almol_jax.errors import ConfigError
+
 ADAPTER_CHOICES = ("on", "off")
 
 
@@ -61,6 +63,7 @@ def evaluate_checkpoint(
     key: Any = None,
     plots: bool = True,
     progress: bool = False,
+    allow_other_base: bool = False,
 ) -> dict[str, dict[str, Any]]:
     """Generates and scores `split` for each direction; returns {direction: metrics}.
 
@@ -70,7 +73,8 @@ def evaluate_checkpoint(
     `options` is an `almol_jax.eval.EvalOptions`, or a dict of overrides of the one built from
     cfg.eval (`eval_options_from_config`; None = cfg.eval as it is), `settings` a
     `DecodeSettings` (default: from cfg), `key` the sampling PRNG key (default: the "sampling"
-    key of cfg.seed; unused by greedy decoding).
+    key of cfg.seed; unused by greedy decoding). `allow_other_base`: load the trainables even
+    onto a base they were not trained on (run/restore.py refuses that by default).
     """
     from almol_jax.data.prompts import format_prompt
     from almol_jax.data.report import DataReport
@@ -83,17 +87,21 @@ def evaluate_checkpoint(
 
     if isinstance(adapters, str):
         if adapters not in ADAPTER_CHOICES:
-            raise ValueError(f"adapters={adapters!r} is not one of {ADAPTER_CHOICES}")
+            raise ConfigError(f"adapters={adapters!r} is not one of {ADAPTER_CHOICES}")
         adapters = adapters == "on"
     # several devices (e.g. runtime.cpu_devices): decode data-parallel, weights replicated
     dp_mesh = data_parallel_mesh()
     run_cfg, model, tokenizer, run_dir, chosen, use_adapters = load_for_eval(
-        run_dir_or_step, adapters=adapters, step=step, mesh=dp_mesh
+        run_dir_or_step,
+        adapters=adapters,
+        step=step,
+        mesh=dp_mesh,
+        allow_other_base=allow_other_base,
     )
     cfg = run_cfg if cfg is None else cfg
     limit = cfg.eval.limit if limit is None else limit
     if limit is not None and limit < 1:
-        raise ValueError(f"limit={limit} must be >= 1 (or None for all rows)")
+        raise ConfigError(f"limit={limit} must be >= 1 (or None for all rows)")
     wanted = _directions(cfg.eval.directions if directions is None else directions)
     if not isinstance(options, EvalOptions):
         options = eval_options_from_config(cfg.eval, **(options or {}))
@@ -114,7 +122,7 @@ def evaluate_checkpoint(
     examples = load_examples(cfg.data, split, DataReport())
     if not examples:
         files = getattr(cfg.data, f"{split}_files")
-        raise ValueError(f"split {split!r} of the config has no rows (files: {files})")
+        raise ConfigError(f"split {split!r} of the config has no rows (files: {files})")
     about = {"checkpoint": str(run_dir), "step": chosen, "split": split}
     about["adapters"] = "on" if adapters else "off"
     results: dict[str, dict[str, Any]] = {}
@@ -123,7 +131,7 @@ def evaluate_checkpoint(
         if limit is not None:
             rows = rows[:limit]
         if not rows:
-            raise ValueError(f"split {split!r} has no {direction} rows")
+            raise ConfigError(f"split {split!r} has no {direction} rows")
         prompts = [format_prompt(cfg.data.templates, direction, ex.source) for ex in rows]
         outputs, gen_seconds = decoding.texts(direction, prompts, progress)
         extra = dict(about, rows=len(rows), generation=decoding.record(gen_seconds))

@@ -262,3 +262,60 @@ def test_names_and_defaults_come_from_their_homes():
     for section in (DataSection, EvalSection):
         tuple_type = typing.get_args(typing.get_type_hints(section)["directions"])[1]
         assert typing.get_args(typing.get_args(tuple_type)[0]) == DIRECTIONS
+
+
+def _fuzz_value():
+    from hypothesis import strategies as st
+
+    scalars = st.none() | st.booleans() | st.integers(-(10**20), 10**20) | st.floats()
+    return st.recursive(
+        scalars | st.text(max_size=10),
+        lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=8), c, max_size=3),
+        max_leaves=6,
+    )
+
+
+def test_fuzzed_configs_load_or_raise_config_error(tmp_path_factory):
+    """Random bytes (BOM, CRLF, NUL, invalid UTF-8 included), random values under every schema key
+    and random override text: each ends in a RunConfig or a ConfigError, never another exception."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from almol_jax.config import field_docs
+    from almol_jax.errors import ConfigError
+
+    keys = [k for k, *_ in field_docs()]
+    path = tmp_path_factory.mktemp("fuzz") / "c.yaml"
+    prefixes = st.sampled_from(
+        [b"", b"\xef\xbb\xbf", b"train:\r\n  steps: 3\r\n", b"\x00", b"\xff"]
+    )
+
+    @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(
+        prefixes,
+        st.binary(max_size=100),
+        st.lists(st.tuples(st.sampled_from(keys), _fuzz_value()), max_size=4),
+        st.sampled_from(keys),
+        st.text(max_size=30),
+    )
+    def check(prefix, data, items, key, text):
+        path.write_bytes(prefix + data)
+        for attempt in (lambda: load_config(path), lambda: load_config(None, [f"{key}={text}"])):
+            try:
+                attempt()
+            except ConfigError:
+                pass
+        raw: dict = {}
+        for dotted, value in items:
+            *sections, leaf = dotted.split(".")
+            node = raw
+            for part in sections:
+                node = node.setdefault(part, {})
+            if isinstance(node, dict):
+                node[leaf] = value
+        try:
+            RunConfig.from_dict(raw)
+        except ConfigError:
+            pass
+
+    check()

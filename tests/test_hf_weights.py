@@ -187,19 +187,25 @@ def test_bf16_params_load_and_run(tmp_path):
 
 
 def test_hub_repo_id_goes_through_snapshot_download(tmp_path, monkeypatch):
-    """A non-directory name is a hub repo id: fetched by snapshot_download (mocked: no network)."""
+    """An owner/name that is no local path is a hub repo id: fetched by snapshot_download
+    (mocked: no network), safetensors and JSON only, from the cache only when offline."""
     import huggingface_hub
 
     hf, ckpt = make_hf_llama(tmp_path, num_hidden_layers=1)
     calls = []
 
-    def fake_snapshot_download(repo_id, revision=None, allow_patterns=None):
-        calls.append((repo_id, revision, tuple(allow_patterns)))
+    def fake_snapshot_download(repo_id, revision=None, allow_patterns=None, local_files_only=False):
+        calls.append((repo_id, revision, tuple(allow_patterns), local_files_only))
         return str(ckpt)
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
     model = almol_jax.load_model("someone/tiny-llama", revision="main")
-    assert calls == [("someone/tiny-llama", "main", ("*.json", "*.safetensors"))]
+    assert calls == [("someone/tiny-llama", "main", ("*.json", "*.safetensors"), False)]
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    almol_jax.load_model("someone/tiny-llama")
+    assert calls[-1] == ("someone/tiny-llama", None, ("*.json", "*.safetensors"), True)
     ids, mask = padded_batch(300)
     np.testing.assert_allclose(
         np.asarray(model(ids, mask))[mask == 1],

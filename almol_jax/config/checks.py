@@ -2,7 +2,7 @@
 
 Types and allowed names are checked while parsing (config/coerce.py), and the lora section checks
 its own fields (LoraConfig.__post_init__); what remains are ranges and relations between fields,
-each a ValueError naming the key and the bad value. ``validate`` in config/run.py runs them all
+each a ConfigError (a ValueError) naming the key and the bad value. ``validate`` in config/run.py runs them all
 (this module is not called ``validate`` so that it does not shadow that function in the package).
 """
 
@@ -23,13 +23,14 @@ from almol_jax.config.sections import (
 )
 from almol_jax.data.templates import SOURCE_PLACEHOLDER
 from almol_jax.directions import DIRECTIONS
+from almol_jax.errors import ConfigError
 from almol_jax.sharding import MESH_AXES
 
 
 def check(ok: bool, message: str) -> None:
-    """ValueError(message) unless ``ok``."""
+    """ConfigError(message) unless ``ok``."""
     if not ok:
-        raise ValueError(message)
+        raise ConfigError(message)
 
 
 def check_model(m: ModelSection) -> None:

@@ -1,7 +1,7 @@
 """Typed parsing of plain (YAML-loaded) data into the config dataclasses, and back.
 
 :func:`build` checks a mapping against a dataclass's annotations, field by field: unknown keys
-and wrong types are ValueErrors that name the dotted key and suggest the nearest valid key
+and wrong types are ConfigErrors (ValueErrors) that name the dotted key and suggest the nearest valid key
 (:func:`suggest`); lists become tuples, ints become floats where a float is expected. A section's
 own ``__post_init__`` check (the lora section's LoraConfig) is reported with the section's name.
 :func:`config_to_dict` is the inverse (tuples become lists). Nothing here knows the sections: it
@@ -16,6 +16,8 @@ import types
 import typing
 from typing import Any, Literal
 
+from almol_jax.errors import ConfigError
+
 
 def suggest(name: str, candidates: list[str], prefix: str = "") -> str:
     """'; did you mean <nearest>?' (difflib), or the list of valid keys when nothing is close."""
@@ -29,20 +31,20 @@ def build(cls: type, raw: Any, prefix: str) -> Any:
     """``cls(**raw)``, each value checked against its annotation; ``prefix``: the key path."""
     where = prefix.rstrip(".") or "<root>"
     if not isinstance(raw, dict):
-        raise ValueError(f"config section {where!r} must be a mapping, got {raw!r}")
+        raise ConfigError(f"config section {where!r} must be a mapping, got {raw!r}")
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
     for key, value in raw.items():
         if key not in names:
-            raise ValueError(
+            raise ConfigError(
                 f"unknown config key {prefix + str(key)!r}" + suggest(str(key), names, prefix)
             )
         kwargs[key] = coerce(value, hints[key], prefix + key)
     try:
         return cls(**kwargs)
     except ValueError as err:  # the section's own check (e.g. LoraConfig.__post_init__)
-        raise ValueError(f"config section {where!r}: {err}") from None
+        raise ConfigError(f"config section {where!r}: {err}") from None
 
 
 def type_name(tp: Any) -> str:
@@ -70,7 +72,7 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
         return build(tp, {} if value is None else value, key + ".")
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
-    bad = ValueError(f"config key {key!r}: expected {type_name(tp)}, got {value!r}")
+    bad = ConfigError(f"config key {key!r}: expected {type_name(tp)}, got {value!r}")
     if tp is Any:
         return value
     if origin in (typing.Union, types.UnionType):
@@ -84,7 +86,7 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
     if origin is Literal:
         if value in args and type(value) is type(args[args.index(value)]):
             return value
-        raise ValueError(
+        raise ConfigError(
             f"config key {key!r}: {value!r} is not one of {list(args)}"
             + (suggest(value, [str(a) for a in args]) if isinstance(value, str) else "")
         )
@@ -97,7 +99,7 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
     return _coerce_scalar(value, tp, key, bad)
 
 
-def _coerce_tuple(value: Any, args: tuple, key: str, bad: ValueError) -> tuple:
+def _coerce_tuple(value: Any, args: tuple, key: str, bad: ConfigError) -> tuple:
     """A YAML list as ``tuple[X, ...]`` (any length) or ``tuple[X, Y]`` (that length)."""
     if not isinstance(value, (list, tuple)):
         raise bad
@@ -110,7 +112,7 @@ def _coerce_tuple(value: Any, args: tuple, key: str, bad: ValueError) -> tuple:
     )
 
 
-def _coerce_scalar(value: Any, tp: Any, key: str, bad: ValueError) -> Any:
+def _coerce_scalar(value: Any, tp: Any, key: str, bad: ConfigError) -> Any:
     """null, bool, int, float (an int is accepted and converted) or str, strictly."""
     if tp is type(None):
         ok = value is None

@@ -3,7 +3,7 @@
 ``RunConfig.from_dict`` type-checks the data against the sections (config/sections.py; unknown
 keys and wrong types are errors that name the key and suggest the nearest valid one,
 config/coerce.py) and then runs :func:`validate`, the cross-field checks (config/checks.py),
-raising ValueError that names the bad value. :func:`field_docs` lists every leaf field with its
+raising ConfigError (a ValueError) that names the bad value. :func:`field_docs` lists every leaf field with its
 type, default and doc (docs/configuration.md's table, config/reference.py).
 """
 
@@ -69,7 +69,7 @@ class RunConfig:
 
 
 def validate(cfg: RunConfig) -> None:
-    """Cross-field checks of a RunConfig; raises ValueError naming the bad value."""
+    """Cross-field checks of a RunConfig; raises ConfigError naming the bad value."""
     checks.check_model(cfg.model)
     checks.check_objective(cfg.objective, cfg.lora)
     checks.check_runtime(cfg.runtime)

@@ -18,9 +18,24 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from almol_jax.errors import ConfigError
+from almol_jax.hub import resolve_dir
+
 SPECIAL_TOKENS = ("<unk>", "<s>", "</s>", "<pad>")
 BYTE_OFFSET = len(SPECIAL_TOKENS)
 BYTE_VOCAB_SIZE = BYTE_OFFSET + 256
+# the files of an hf tokenizer: what a Hub download fetches and what a run's fingerprint hashes
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer.model",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "vocab.txt",
+    "merges.txt",
+)
+TOKENIZER_PATTERNS = (*TOKENIZER_FILES, "config.json")
 
 
 def byte_tokenizer() -> Any:
@@ -101,39 +116,53 @@ def _sentencepiece_tokenizer(model_file: Path) -> Any:
     with tempfile.TemporaryDirectory() as tmp:
         shutil.copyfile(model_file, Path(tmp) / "tokenizer.model")
         write_llama_tokenizer_config(Path(tmp))
-        return AutoTokenizer.from_pretrained(tmp)
+        return AutoTokenizer.from_pretrained(tmp, trust_remote_code=False)
+
+
+def tokenizer_dir(path: str) -> Path:
+    """The local directory of an hf tokenizer.path (a Hub id is fetched: tokenizer files only)."""
+    return resolve_dir(path, "tokenizer.path", TOKENIZER_PATTERNS)
+
+
+def _hf_tokenizer(directory: Path) -> Any:
+    """AutoTokenizer of a local directory, never running remote code."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(directory), trust_remote_code=False)
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"tokenizer.path={str(directory)!r} could not be loaded: {err}") from err
 
 
 def load_tokenizer(cfg: Any) -> Any:
-    """The tokenizer for a TokenizerSection (kind, path). Sets a pad token when it has none."""
+    """The tokenizer for a TokenizerSection (kind, path). Sets a pad token when it has none.
+
+    A bad kind or path is a ConfigError (a user's mistake, and a ValueError); where an hf path
+    points (a local directory, or an `owner/name` Hub id when not offline) is almol_jax/hub.py's
+    rule. Remote code is never run (trust_remote_code=False)."""
     kind, path = cfg.kind, cfg.path
     if kind == "byte":
         if path is not None:
-            raise ValueError(f"tokenizer.kind='byte' takes no path, got tokenizer.path={path!r}")
+            raise ConfigError(f"tokenizer.kind='byte' takes no path, got tokenizer.path={path!r}")
         tok = byte_tokenizer()
     elif kind == "sentencepiece":
-        model_file = Path(str(path))
+        model_file = Path(str(path)).expanduser()
         if model_file.is_dir():
             model_file = model_file / "tokenizer.model"
         if not model_file.is_file():
-            raise ValueError(
+            raise ConfigError(
                 f"tokenizer.path={path!r}: no SentencePiece model at {str(model_file)!r}"
             )
         tok = _sentencepiece_tokenizer(model_file)
     elif kind == "hf":
         if path is None:
-            raise ValueError("tokenizer.kind='hf' needs tokenizer.path (a local dir or a hub id)")
-        from transformers import AutoTokenizer
-
-        try:
-            tok = AutoTokenizer.from_pretrained(str(path))
-        except (OSError, ValueError) as err:
-            raise ValueError(f"tokenizer.path={path!r} could not be loaded: {err}") from err
+            raise ConfigError("tokenizer.kind='hf' needs tokenizer.path (a local dir or a hub id)")
+        tok = _hf_tokenizer(tokenizer_dir(path))
     else:
-        raise ValueError(f"tokenizer.kind={kind!r} is not one of 'hf', 'byte', 'sentencepiece'")
+        raise ConfigError(f"tokenizer.kind={kind!r} is not one of 'hf', 'byte', 'sentencepiece'")
     for name in ("bos_token_id", "eos_token_id"):
         if getattr(tok, name) is None:
-            raise ValueError(
+            raise ConfigError(
                 f"tokenizer {path or kind!r} has no {name[:-3]}; ALMol needs BOS and EOS"
             )
     if tok.pad_token_id is None:

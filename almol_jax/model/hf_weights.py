@@ -9,7 +9,8 @@ Name mapping (ours -> HF; kernels are stored [in, out] here and [out, in] by HF)
 PEFT adapters: ...{name}.lora_a [in, R] <-> base_model.model.{...}.{name}.lora_A.weight [R, in],
                ...{name}.lora_b [R, out] <-> base_model.model.{...}.{name}.lora_B.weight [out, R].
 Each tensor is read alone (safe_open), transposed, padded, cast and `jax.device_put` on its
-NamedSharding, so a 7B model never needs two full host copies.
+NamedSharding, so a 7B model never needs two full host copies. Only safetensors files are read
+(never a PyTorch pickle); where a source path or Hub id points is almol_jax/hub.py's rule.
 """
 
 from __future__ import annotations
@@ -25,12 +26,16 @@ from flax import nnx
 from jax.sharding import Mesh
 from safetensors import safe_open
 
+from almol_jax.errors import UserError
+from almol_jax.hub import resolve_dir
 from almol_jax.model.config import ModelConfig
 from almol_jax.model.lora import LoRAParam
 from almol_jax.model.lora_config import PEFT_LINEAR_NAMES, LoraConfig
 from almol_jax.sharding import Rules, logical_sharding, variable_names
 
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
+HUB_PATTERNS = ("*.json", "*.safetensors")  # what a Hub download fetches: never pickles
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,36 +83,41 @@ def to_hf_tensor(path, value, config: ModelConfig) -> tuple[str, np.ndarray]:
     return name.key, np.ascontiguousarray(arr.T if name.transpose else arr)
 
 
-def resolve_checkpoint_dir(path_or_repo_id: str | os.PathLike, revision: str | None = None) -> Path:
-    """A local directory as is; otherwise a hub repo id fetched by snapshot_download."""
-    path = Path(path_or_repo_id)
-    if path.is_dir():
-        return path
-    if path.exists() or str(path_or_repo_id).startswith((".", "/")):
-        raise ValueError(f"checkpoint {str(path_or_repo_id)!r} is not a directory")
-    from huggingface_hub import snapshot_download
-
-    local = snapshot_download(
-        str(path_or_repo_id),
-        revision=revision,
-        allow_patterns=["*.json", "*.safetensors"],
-    )
-    return Path(local)
+def resolve_checkpoint_dir(
+    path_or_repo_id: str | os.PathLike, revision: str | None = None, *, key: str = "model.source"
+) -> Path:
+    """A local directory as is; an `owner/name` Hub id fetched (config and safetensors files
+    only) when not offline; anything else a UserError naming it (almol_jax/hub.py's rule)."""
+    ckpt_dir = resolve_dir(path_or_repo_id, key, HUB_PATTERNS, revision)
+    if not (ckpt_dir / "config.json").is_file():
+        raise UserError(f"{key}={os.fspath(path_or_repo_id)!r} holds no config.json")
+    return ckpt_dir
 
 
-def _weight_files(ckpt_dir: Path, stem: str = "model") -> dict[str, Path]:
-    """{tensor key: file} from `<stem>.safetensors` or `<stem>.safetensors.index.json`."""
+def weight_files(ckpt_dir: Path, stem: str = "model") -> dict[str, Path]:
+    """{tensor key: file} from `<stem>.safetensors` or `<stem>.safetensors.index.json`.
+
+    Only safetensors are read (a pickle file can run code when it is loaded): a directory with
+    only PyTorch `.bin` / `.pt` weights is a UserError saying so."""
     index = ckpt_dir / f"{stem}.safetensors.index.json"
     single = ckpt_dir / f"{stem}.safetensors"
     if index.is_file():
-        weight_map = json.loads(index.read_text())["weight_map"]
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise UserError(f"{index} is not a safetensors index ({err!r})") from None
         return {k: ckpt_dir / f for k, f in weight_map.items()}
     if single.is_file():
         with safe_open(single, framework="numpy") as f:
             return dict.fromkeys(f.keys(), single)
-    raise FileNotFoundError(
-        f"no {single.name} or {index.name} in {ckpt_dir} (only safetensors checkpoints load)"
-    )
+    pickled = sorted(p.name for p in ckpt_dir.glob("*") if p.suffix in PICKLE_SUFFIXES)
+    if pickled:
+        raise UserError(
+            f"{ckpt_dir} holds only PyTorch pickle weights ({', '.join(pickled)}); almol_jax "
+            f"reads safetensors only (a pickle can run code when loaded): convert them to "
+            f"{single.name} first"
+        )
+    raise UserError(f"no {single.name} or {index.name} in {ckpt_dir} (only safetensors load)")
 
 
 class _Reader:
@@ -195,7 +205,7 @@ def load_hf_params(
 ) -> nnx.State:
     """The nnx.Param state of the model read from `ckpt_dir` (see the module docstring)."""
     params = nnx.filter_state(abstract_state, nnx.Param)
-    reader = _Reader(_weight_files(Path(ckpt_dir)))
+    reader = _Reader(weight_files(Path(ckpt_dir)))
     tied_extra = lambda k: config.tie_word_embeddings and k == "lm_head.weight"
     return _load_into(
         params, reader, config, mesh=mesh, rules=rules, source=str(ckpt_dir), ignore=tied_extra
@@ -269,7 +279,7 @@ def load_peft_adapter(model: nnx.Module, adapter_dir: str | os.PathLike) -> nnx.
             f"model has r={ours.r}, scale={ours.scale}"
         )
     state = nnx.state(model, LoRAParam)
-    reader = _Reader(_weight_files(adapter_dir, "adapter_model"))
+    reader = _Reader(weight_files(adapter_dir, "adapter_model"))
     loaded = _load_into(
         state,
         reader,

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from almol_jax.directions import DIRECTIONS
+from almol_jax.errors import ConfigError
 from almol_jax.preferences.common import (
     PreferenceRow,
     canonical_inchi,
@@ -294,6 +295,7 @@ def build_from_checkpoint(
     limit: int | None = None,
     adapters: bool = True,
     step: str | int = "best",
+    allow_other_base: bool = False,
 ) -> tuple[list[PreferenceRow], dict]:
     """Restores a run and builds self-generated triplets for a split of `cfg` (default: the run's
     own config). The sampling key is the "sampling" key of `seed` (default cfg.seed)."""
@@ -302,7 +304,7 @@ def build_from_checkpoint(
     from almol_jax.seeds import seed_keys
 
     run_cfg, model, tokenizer, run_dir, chosen, use_adapters = load_for_eval(
-        checkpoint, adapters=adapters, step=step
+        checkpoint, adapters=adapters, step=step, allow_other_base=allow_other_base
     )
     cfg = run_cfg if cfg is None else cfg
     seed = cfg.seed if seed is None else seed
@@ -312,7 +314,7 @@ def build_from_checkpoint(
     settings = settings_from_config(cfg, **changes)
     examples = gold_examples(cfg, split, fraction=fraction, seed=seed, limit=limit)
     if not examples:
-        raise ValueError(f"split {split!r} of the config has no rows to build preferences from")
+        raise ConfigError(f"split {split!r} of the config has no rows to build preferences from")
     rows, summary = build_self_generated(
         model,
         tokenizer,
@@ -368,6 +370,11 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--limit", type=int, default=None, help="first N sources")
     p.add_argument("--adapters", default="on", choices=("on", "off"))
+    p.add_argument(
+        "--allow-other-base",
+        action="store_true",
+        help="load the adapters even onto a base they were not trained on (refused by default)",
+    )
     p.add_argument("--out", required=True, help="output file, .jsonl or .csv")
     p.add_argument("--report", default=None, help="summary JSON (default: OUT.summary.json)")
     p.set_defaults(func=run_cli)
@@ -393,6 +400,7 @@ def run_cli(args: argparse.Namespace) -> int:
         seed=args.seed,
         limit=args.limit,
         adapters=args.adapters == "on",
+        allow_other_base=args.allow_other_base,
     )
     out = write_rows(rows, args.out)
     report = Path(args.report) if args.report else out.with_suffix(".summary.json")

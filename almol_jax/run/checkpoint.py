@@ -4,7 +4,9 @@ Layout (docs/DESIGN.md, "Checkpoint contract"): `<run_dir>/checkpoints/<step>/` 
   "trainable"  the trained variables (adapters only for LoRA runs, all Params otherwise)
   "opt_state"  the optax state
   "meta"       JSON: step, data-iterator state, seed (all randomness is a function of seed + step)
-  "metrics"    JSON {"val_loss": ...} on steps that were validated (how "best" is found)
+               and the run's fingerprint (run/fingerprint.py: what the trainables depend on)
+  "metrics"    JSON {"val_loss": ...} on steps validated with a finite loss (how "best" is
+               found: a NaN or infinite validation loss never makes a checkpoint "best")
 Saves are asynchronous (arrays are copied to host before `save` returns, so the step may donate
 them right after); an interrupted save leaves only a temporary folder that is never restored.
 The manager keeps the last `keep_last` checkpoints and, when `keep_best`, the one with the lowest
@@ -15,6 +17,7 @@ for inference: `restore.py`.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -81,7 +84,10 @@ class RunCheckpointer:
             opt_state=ocp.args.StandardSave(state.opt_state),
             meta=ocp.args.JsonSave(dict(meta, step=int(step))),
         )
-        metrics = None if val_loss is None else {VAL_LOSS: float(val_loss)}
+        # a non-finite validation loss never ranks a checkpoint as "best"
+        metrics = (
+            None if val_loss is None or not math.isfinite(val_loss) else {VAL_LOSS: float(val_loss)}
+        )
         self.manager.save(int(step), args=args, metrics=metrics, force=True)
 
     def latest_step(self) -> int | None:

@@ -89,7 +89,7 @@ def load_run_tokenizer(run_dir: str | Path | None, cfg) -> Any:
     if saved is not None and saved.is_dir():
         from transformers import AutoTokenizer
 
-        tok = AutoTokenizer.from_pretrained(str(saved))
+        tok = AutoTokenizer.from_pretrained(str(saved), trust_remote_code=False)
         if tok.pad_token_id is None:
             tok.pad_token = tok.unk_token if tok.unk_token is not None else tok.eos_token
         return tok

@@ -1,5 +1,6 @@
-"""The training loop's data: tokenizer (saved into the run directory), tokenised splits, the
-resumable training iterator, fresh validation passes, the data report and the step count.
+"""The training loop's data: tokenizer, tokenised splits, the resumable training iterator, fresh
+validation passes, the data report and the step count. Nothing is written here: the tokenizer and
+the report go into the run directory after a resume was checked (train/resume.py).
 
 Thin glue over almol_jax.data (tokenizer, tokenize.prepare_split, batching.BatchIterator,
 report.DataReport); every process tokenises the whole split and materialises its own pairs.
@@ -28,6 +29,7 @@ from almol_jax.data.report import DataReport
 from almol_jax.data.sources import split_files
 from almol_jax.data.tokenize import prepare_split
 from almol_jax.data.tokenizer import load_tokenizer
+from almol_jax.errors import ConfigError
 
 
 @dataclasses.dataclass
@@ -55,17 +57,23 @@ def total_steps_for(train_cfg, steps_per_epoch: int) -> int:
     return max(1, int(math.ceil(train_cfg.epochs * steps_per_epoch)))
 
 
-def build_data(cfg, *, run_dir: str | Path, primary: bool = True, batch_shards: int = 1) -> RunData:
+def check_files(data_cfg) -> None:
+    """ConfigError naming the first configured data file that does not exist."""
+    for split in ("train", "validation"):
+        for path in getattr(data_cfg, f"{split}_files"):
+            if not Path(path).is_file():
+                raise ConfigError(f"data.{split}_files: {str(path)!r} does not exist")
+
+
+def build_data(cfg, *, batch_shards: int = 1) -> RunData:
     """Reads, tokenises and batches the train/validation splits of a RunConfig.
 
     `batch_shards`: how many devices the batch axis is split over (data x fsdp); packed batches
     get a row count divisible by it times train.grad_accum; one-pair rows need a global batch
     (micro_batch_size x grad_accum pairs) divisible by it.
     """
-    run_dir = Path(run_dir)
+    check_files(cfg.data)
     tokenizer = load_tokenizer(cfg.tokenizer)
-    if primary:
-        tokenizer.save_pretrained(str(run_dir / "tokenizer"))
     report = DataReport()
     kw = dict(process_index=jax.process_index(), process_count=jax.process_count())
     train_examples = prepare_split(cfg, tokenizer, "train", report)
@@ -76,7 +84,7 @@ def build_data(cfg, *, run_dir: str | Path, primary: bool = True, batch_shards: 
     row_multiple = cfg.train.grad_accum * math.lcm(batch_shards, jax.process_count())
     global_batch = cfg.train.micro_batch_size * cfg.train.grad_accum
     if not packing and global_batch % batch_shards:
-        raise ValueError(
+        raise ConfigError(
             f"train.micro_batch_size x train.grad_accum = {global_batch} pairs (one row each) "
             f"do not split over the {batch_shards} data-parallel devices (mesh data x fsdp)"
         )
@@ -116,8 +124,6 @@ def build_data(cfg, *, run_dir: str | Path, primary: bool = True, batch_shards: 
         for direction in directions:
             subset = [ex for ex in val_examples if ex.direction == direction]
             by_direction[direction] = functools.partial(batches, subset, False)
-    if primary:
-        report.to_json(run_dir / "data_report.json")
     return RunData(
         tokenizer=tokenizer,
         train=train,

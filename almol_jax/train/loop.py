@@ -1,8 +1,10 @@
 """The training loop as a library function: `run_training(cfg) -> summary`.
 
 Builds everything from a RunConfig (mesh, model, tokenizer, data, optimizer), resumes from the
-newest complete checkpoint of `cfg.output_dir` (unless checkpoint.resume is false), then runs the
-jitted train step. Host/device overlap: step t is dispatched before step t-1's metrics are read
+newest complete checkpoint of `cfg.output_dir` (unless checkpoint.resume is false; a checkpoint
+trained with another model, tokenizer, LoRA or objective is refused before anything in the run
+directory is written: train/resume.py), then runs the jitted train step. Every checkpoint's meta
+records the run's fingerprint (run/fingerprint.py). Host/device overlap: step t is dispatched before step t-1's metrics are read
 (train/progress.py). Every `train.log_every` steps a record goes to metrics.jsonl / TensorBoard /
 W&B and the progress bar; validation (train/validation.py) runs every `train.eval_every` steps
 (0: once per epoch) and at the end, and each validation saves a checkpoint whose validation loss
@@ -11,7 +13,8 @@ naming the step, before any checkpoint of that step is written, so the last good
 intact. SIGTERM saves a checkpoint and returns normally (train.py then exits 0). Placement on the
 mesh (shardings, host batches, the jitted steps) is train/placement.py.
 
-Run directory: config.yaml, tokenizer/, data_report.json, metrics.jsonl, tb/, checkpoints/.
+Run directory: config.yaml, config_history.jsonl, tokenizer/, data_report.json, metrics.jsonl,
+tb/, checkpoints/.
 """
 
 from __future__ import annotations
@@ -22,9 +25,9 @@ from typing import Any
 
 import jax
 
-from almol_jax.config import dump_config
 from almol_jax.cpu import runtime as cpu_runtime
 from almol_jax.run.checkpoint import RunCheckpointer
+from almol_jax.run.fingerprint import FINGERPRINT, run_fingerprint
 from almol_jax.run.setup import build_run_model, make_run_mesh
 from almol_jax.sharding import batch_shard_count
 from almol_jax.train import data_setup, placement
@@ -33,8 +36,9 @@ from almol_jax.train import step as step_lib
 from almol_jax.train.distributed import maybe_initialize
 from almol_jax.train.metrics_log import MetricsLogger, truncate_metrics
 from almol_jax.train.progress import MetricsDrain, Progress, host_metrics
+from almol_jax.train.resume import record_run, restore_run, resumable_step
 from almol_jax.train.signals import StopRequest, install_sigterm
-from almol_jax.train.validation import validate
+from almol_jax.train.validation import flag_non_finite, ranking_loss, validate
 
 
 def step_settings(cfg, total_steps: int) -> step_lib.StepSettings:
@@ -73,15 +77,12 @@ def run_training(
     cpu_runtime.settle(cfg.runtime)
     primary = jax.process_index() == 0
     run_dir = Path(cfg.output_dir).absolute()
-    if primary:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        dump_config(cfg, run_dir / "config.yaml")
+    fingerprint = run_fingerprint(cfg)
+    latest = resumable_step(cfg, run_dir, fingerprint)  # checked before anything is written
 
     mesh = make_run_mesh(cfg)
     rules = cfg.mesh.rules
-    data = data_setup.build_data(
-        cfg, run_dir=run_dir, primary=primary, batch_shards=batch_shard_count(mesh, rules)
-    )
+    data = data_setup.build_data(cfg, batch_shards=batch_shard_count(mesh, rules))
     settings = step_settings(cfg, data.total_steps)
     model = placement.place_model(
         build_run_model(cfg, mesh=mesh),
@@ -97,15 +98,15 @@ def run_training(
         async_save=cfg.checkpoint.async_save,
     )
     start = 0
-    latest = ckpt.latest_step() if cfg.checkpoint.resume else None
     if latest is not None:
-        model.state, meta = ckpt.restore(latest, model.state)
-        data.train.restore(meta["data"])
-        start = int(meta["step"])
+        model.state, start = restore_run(ckpt, latest, model.state, data)
     if primary:
+        record_run(cfg, run_dir, data, start)
         truncate_metrics(run_dir, start)
     steps = placement.build_steps(model, data.train.peek(), mesh, rules)
-    loop = TrainingLoop(cfg, data, model, steps, settings, ckpt, batch_hook=batch_hook)
+    loop = TrainingLoop(
+        cfg, data, model, steps, settings, ckpt, batch_hook=batch_hook, fingerprint=fingerprint
+    )
     return loop.run(start, stop or StopRequest(), run_dir=run_dir, primary=primary)
 
 
@@ -116,11 +117,14 @@ class TrainingLoop:
     iterator; run() returns the summary dict of run_training.
     """
 
-    def __init__(self, cfg, data, model, steps, settings, ckpt, *, batch_hook=None):
+    def __init__(
+        self, cfg, data, model, steps, settings, ckpt, *, batch_hook=None, fingerprint=None
+    ):
         self.cfg, self.data, self.model, self.steps = cfg, data, model, steps
         self.settings, self.ckpt, self.batch_hook = settings, ckpt, batch_hook
         self.eval_every = cfg.train.eval_every or data.steps_per_epoch
         self.last_eval: dict[str, float] | None = None
+        self.fingerprint: dict | None = fingerprint  # what the trainables depend on (meta)
 
     def run(self, start: int, stop: StopRequest, *, run_dir: Path, primary: bool) -> dict:
         """Steps from `start` to data.total_steps (or until `stop`); returns the summary."""
@@ -192,7 +196,7 @@ class TrainingLoop:
             self.last_eval = self.validate()
             if self.last_eval is not None:
                 logger.log(step, self.last_eval)
-                val_loss = self.last_eval["eval/loss"]
+            val_loss = ranking_loss(self.last_eval, step)
         if do_save or stop_now:
             self.save(step, val_loss)
         return (stop.reason or "stop requested") if stop_now else None
@@ -207,7 +211,7 @@ class TrainingLoop:
                 steps.eval(m.graphdef, m.state.trainable, m.frozen, batch, self.settings)
             )
 
-        return validate(evaluate, self.data, self.cfg.train.eval_batches)
+        return flag_non_finite(validate(evaluate, self.data, self.cfg.train.eval_batches))
 
     def save(self, step: int, val_loss: float | None = None) -> None:
         """A checkpoint of step `step` (FloatingPointError instead if a parameter is not finite)."""
@@ -215,4 +219,6 @@ class TrainingLoop:
         if not bool(self.steps.finite(state.trainable)):
             raise FloatingPointError(f"non-finite parameters after step {step}; not saving")
         meta = {"data": self.data.train.state(), "seed": self.cfg.seed}
+        if self.fingerprint is not None:
+            meta[FINGERPRINT] = self.fingerprint
         self.ckpt.save(step, state, meta, val_loss=val_loss)

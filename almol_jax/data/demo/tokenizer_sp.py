@@ -79,7 +79,7 @@ def load_hf_tokenizer(tokenizer_dir: str | Path):
     """The transformers tokenizer of a saved directory (``AutoTokenizer.from_pretrained``)."""
     from transformers import AutoTokenizer  # noqa: PLC0415 (heavy import, only when asked)
 
-    return AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    return AutoTokenizer.from_pretrained(str(tokenizer_dir), trust_remote_code=False)
 
 
 def check_round_trip(tokenizer, texts: Sequence[str]) -> int:
