@@ -81,10 +81,9 @@ def resolve_builtin(cfg: Any) -> Any:
 
 def validation_curve(run_dir: str | Path) -> list[dict[str, float]]:
     """The validation records of metrics.jsonl ({"step", "eval/..."}), in step order."""
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+    from almol_jax.train.metrics_log import read_metrics
+
+    records = read_metrics(run_dir)
     return sorted((r for r in records if "eval/loss" in r), key=lambda r: r["step"])
 
 
