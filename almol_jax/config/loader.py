@@ -3,8 +3,10 @@
 Override values are parsed as YAML scalars or flow lists (``train.steps=20``,
 ``model.source=null``, ``data.buckets=[64,128]``); for a list-typed key a bare comma-separated
 value is split (``data.train_files=a.jsonl,b.jsonl``). Keys inside mapping fields are reachable
-too (``model.overrides.vocab_size=512``). Unknown keys and wrong types raise ValueError naming
-the key with the nearest valid key suggested (RunConfig.from_dict does the checking).
+too (``model.overrides.vocab_size=512``). Unknown keys, wrong types and bad values raise
+ConfigError (almol_jax/errors.py: a user's mistake, and a ValueError) naming the key with the
+nearest valid key suggested (RunConfig.from_dict does the checking); so do a missing, unreadable
+or malformed config file and an override that is not YAML.
 
 YAML floats: PyYAML follows YAML 1.1 and reads ``5e-5`` as a string; the loader here also
 resolves exponent floats without a dot (``5e-5``, ``1e8``) as floats.
@@ -23,6 +25,7 @@ import yaml
 
 from almol_jax.config.coerce import config_to_dict, suggest
 from almol_jax.config.run import RunConfig
+from almol_jax.errors import ConfigError
 
 _FLOAT_RE = re.compile(
     r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
@@ -87,19 +90,19 @@ def _schema_keys(cls: Any = RunConfig, prefix: str = "") -> list[str]:
 def apply_override(raw: dict[str, Any], override: str) -> dict[str, Any]:
     """Returns a copy of ``raw`` with one ``key.sub=value`` override applied."""
     if "=" not in override:
-        raise ValueError(f"override {override!r} must look like key.sub=value")
+        raise ConfigError(f"override {override!r} must look like key.sub=value")
     key, text = override.split("=", 1)
     key = key.strip()
     parts = key.split(".")
     if not all(parts):
-        raise ValueError(f"override {override!r} has an empty key part")
+        raise ConfigError(f"override {override!r} has an empty key part")
     # Check the path against the schema, allowing free keys below a mapping-typed field.
     cls: Any = RunConfig
     for i, part in enumerate(parts):
         if dataclasses.is_dataclass(cls):
             hints = typing.get_type_hints(cls)
             if part not in hints:
-                raise ValueError(
+                raise ConfigError(
                     f"unknown config key {key!r} in override {override!r}"
                     + suggest(key, _schema_keys())
                 )
@@ -107,12 +110,15 @@ def apply_override(raw: dict[str, Any], override: str) -> dict[str, Any]:
         elif typing.get_origin(cls) is dict:
             cls = typing.get_args(cls)[1]
         else:
-            raise ValueError(
+            raise ConfigError(
                 f"override {override!r}: {'.'.join(parts[:i])!r} is not a section or mapping"
             )
-    value = parse_yaml(text) if text.strip() else ""
-    if isinstance(value, str) and "," in value and _is_sequence_type(_field_type(parts)):
-        value = [parse_yaml(v.strip()) for v in value.split(",")]
+    try:
+        value = parse_yaml(text) if text.strip() else ""
+        if isinstance(value, str) and "," in value and _is_sequence_type(_field_type(parts)):
+            value = [parse_yaml(v.strip()) for v in value.split(",")]
+    except yaml.YAMLError as err:
+        raise ConfigError(f"override {override!r}: the value is not YAML ({err})") from None
     out = copy.deepcopy(raw)
     node = out
     for part in parts[:-1]:
@@ -120,10 +126,20 @@ def apply_override(raw: dict[str, Any], override: str) -> dict[str, Any]:
         if child is None:
             child = node[part] = {}
         if not isinstance(child, dict):
-            raise ValueError(f"override {override!r}: {part!r} holds {child!r}, not a mapping")
+            raise ConfigError(f"override {override!r}: {part!r} holds {child!r}, not a mapping")
         node = child
     node[parts[-1]] = value
     return out
+
+
+def _read_yaml_file(path: Path) -> Any:
+    """The YAML of a config file; ConfigError when it is unreadable, not UTF-8 or not YAML."""
+    try:
+        return parse_yaml(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"config file {str(path)!r} could not be read: {err}") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {err}") from None
 
 
 def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
@@ -132,10 +148,10 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
     if path is not None:
         path = Path(path)
         if not path.is_file():
-            raise ValueError(f"config file {str(path)!r} does not exist")
-        raw = parse_yaml(path.read_text(encoding="utf-8")) or {}
+            raise ConfigError(f"config file {str(path)!r} does not exist")
+        raw = _read_yaml_file(path) or {}
         if not isinstance(raw, dict):
-            raise ValueError(
+            raise ConfigError(
                 f"config file {str(path)!r} must hold a mapping, got {type(raw).__name__}"
             )
     for override in overrides:
@@ -144,7 +160,7 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
         return RunConfig.from_dict(raw)
     except ValueError as err:
         where = f" (in {str(path)!r})" if path is not None else ""
-        raise ValueError(f"{err}{where}") from None
+        raise ConfigError(f"{err}{where}") from None
 
 
 def dump_config(cfg: RunConfig, path: str | Path) -> None:
