@@ -29,6 +29,7 @@ FUZZ = settings(
     max_examples=120,
     deadline=None,
     derandomize=True,  # the same examples in CI every time
+    database=None,  # no .hypothesis folder in the checkout
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 HEADERS = [

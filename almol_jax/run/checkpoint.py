@@ -19,10 +19,14 @@ for inference: `restore.py`.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import math
+import os
 import shutil
+import types
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +36,7 @@ from orbax.checkpoint import checkpoint_managers as cm
 from orbax.checkpoint._src.path import step as orbax_step
 
 from almol_jax.errors import UserError
-from almol_jax.run.disk import disk_error, io_failure
+from almol_jax.run.disk import disk_error, io_failure, quiet_io_failure_logs
 
 CHECKPOINTS = "checkpoints"
 INCOMPLETE = "incomplete_checkpoints"
@@ -88,6 +92,21 @@ def best_finalized_step(run_dir: str | Path) -> int | None:
         if (loss := _val_loss(directory / str(s))) is not None
     ]
     return -min(scored)[1] if scored else None
+
+
+def _close_pending_writes() -> None:
+    """Closes the writer coroutines a failed Orbax save left suspended, now, while the
+    interpreter is alive: finalised at exit, they print tracebacks after the error line."""
+    for obj in gc.get_objects():
+        if (
+            isinstance(obj, types.CoroutineType)
+            and obj.cr_frame is not None
+            and f"{os.sep}orbax{os.sep}" in obj.cr_code.co_filename
+        ):
+            try:
+                obj.close()
+            except (RuntimeError, ValueError):  # running elsewhere, or it awaited on close
+                pass
 
 
 def set_aside_incomplete(directory: Path) -> list[Path]:
@@ -160,6 +179,7 @@ class RunCheckpointer:
         self.directory = Path(run_dir).absolute() / CHECKPOINTS
         self._pending: int | None = None
         if not read_only:
+            quiet_io_failure_logs()  # a failed save is reported once, by its DiskWriteError
             self._set_aside_incomplete()
         self.manager = ocp.CheckpointManager(self.directory, options=options)
 
@@ -180,12 +200,19 @@ class RunCheckpointer:
                 f"{finalized_steps(self.directory)})"
             )
 
-    def _io_guard(self, err: Exception, step: int | None) -> Exception:
-        """`err` as a DiskWriteError when it is an I/O failure of the save, else itself."""
-        if not io_failure(err):
-            return err
-        what = "a checkpoint" if step is None else f"checkpoint {step}"
-        return disk_error(what, self.directory, err)
+    def _guarded(self, call: Callable[[], Any], step: int | None) -> Any:
+        """`call()`; an I/O failure of a save (this one or an earlier asynchronous one) becomes a
+        DiskWriteError naming the checkpoint, the path and the free space."""
+        failure = None
+        try:
+            return call()
+        except Exception as err:
+            if not io_failure(err):
+                raise
+            what = "a checkpoint" if step is None else f"checkpoint {step}"
+            failure = disk_error(what, self.directory, err)
+        _close_pending_writes()
+        raise failure
 
     def save(
         self, step: int, state, meta: dict[str, Any], *, val_loss: float | None = None
@@ -197,10 +224,10 @@ class RunCheckpointer:
             meta=ocp.args.JsonSave(dict(meta, step=int(step))),
         )
         metrics = None if val_loss is None else {VAL_LOSS: float(val_loss)}
-        try:  # also raises the error of the previous (asynchronous) save
-            self.manager.save(int(step), args=args, metrics=metrics, force=True)
-        except Exception as err:
-            raise self._io_guard(err, self._pending if self._pending is not None else step) from err
+        self._guarded(  # also raises the error of the previous (asynchronous) save
+            lambda: self.manager.save(int(step), args=args, metrics=metrics, force=True),
+            self._pending if self._pending is not None else step,
+        )
         self._pending = int(step)
 
     def latest_step(self) -> int | None:
@@ -242,10 +269,7 @@ class RunCheckpointer:
 
     def wait(self) -> None:
         """Blocks until pending asynchronous saves are committed (a failed one raises)."""
-        try:
-            self.manager.wait_until_finished()
-        except Exception as err:
-            raise self._io_guard(err, self._pending) from err
+        self._guarded(self.manager.wait_until_finished, self._pending)
         self._pending = None
 
     def close(self) -> None:
