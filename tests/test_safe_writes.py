@@ -187,3 +187,23 @@ def test_metrics_tolerate_a_truncated_last_line(tmp_path, caplog):
     (tmp_path / "metrics.jsonl").write_text(lines[0] + "\n{oops\n" + lines[2] + "\n")
     with pytest.raises(UserError, match=r"metrics.jsonl:2: not a JSON object"):
         read_metrics(tmp_path)
+
+
+def test_a_failed_metrics_write_is_a_disk_error(tmp_path):
+    from almol_jax.train.metrics_log import MetricsLogger
+
+    logger = MetricsLogger(tmp_path, tensorboard=False)
+    logger.log(1, {"loss": 1.0})
+
+    class FullDisk:
+        def write(self, text):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def close(self):
+            pass
+
+    logger._file.close()
+    logger._file = FullDisk()
+    with pytest.raises(DiskWriteError, match=r"could not write the metrics to .*metrics.jsonl"):
+        logger.log(2, {"loss": 0.5})
+    assert read_metrics(tmp_path) == [{"loss": 1.0, "step": 1}]
