@@ -7,9 +7,9 @@ directory (building or reusing the dataset), so every later step sees a plain HF
   untrained model ("step 0": the same seeded random init, or a LoRA run's base with adapters
   off) and the best checkpoint (lowest validation loss), both written under `<run_dir>/eval/`;
 - the Hugging Face export of the best checkpoint (`export.format`, `export.dir`), written whole
-  through a temporary folder; it replaces the run's own previous export (a folder holding
-  config.json or adapter_config.json, e.g. from an earlier run of the same config), and refuses
-  a non-empty folder holding anything else;
+  through a temporary folder; it replaces the run's own earlier export (a folder whose
+  almol_jax_export.json names this run, e.g. before a resume), and refuses a non-empty folder
+  holding anything else;
 - a step-0 vs final table (test metrics, plus CPO's validation reward accuracy read from
   metrics.jsonl), printed and written to `<run_dir>/after_training.{json,md}`.
 Plain host Python: the heavy lifting is in `evaluate_checkpoint` and `export_run`.
@@ -210,7 +210,7 @@ def after_training(
             dtype=ex.dtype,
             max_shard_size=ex.max_shard_size,
             step="best",
-            overwrite=holds_export(target),
+            overwrite=holds_export(target, run_dir),
         )
         out["export_dir"] = str(Path(path).absolute())
         out["seconds"]["export"] = time.perf_counter() - start

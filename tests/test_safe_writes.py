@@ -119,23 +119,26 @@ def test_a_failed_export_leaves_the_target_as_it_was(run, tmp_path, monkeypatch)
 
 
 def test_export_at_end_replaces_the_runs_own_export_but_no_other_folder(run, tmp_path):
-    _, cfg, model = run
+    run_dir, cfg, model = run
     import dataclasses
 
     target = tmp_path / "export"
     cfg = dataclasses.replace(cfg, export=dataclasses.replace(cfg.export, dir=str(target)))
     export_from_config(cfg, model, byte_tokenizer())
+    provenance = json.loads((target / "almol_jax_export.json").read_text())
+    assert provenance == {"run_dir": str(run_dir.absolute())}
     (target / "stale-shard.safetensors").write_bytes(b"left by an earlier export")
     export_from_config(cfg, model, byte_tokenizer())  # the run's own export: replaced whole
     assert not (target / "stale-shard.safetensors").exists()
     assert (target / "config.json").is_file()
-    other = tmp_path / "notes"
-    other.mkdir()
-    (other / "notes.txt").write_text("mine")
+    # A model folder that is no export of this run (another run's, a base model) is refused.
+    other = export_run(run_dir, tmp_path / "base-model", "merged", "float32", "5GB")
+    (other / "almol_jax_export.json").unlink()
+    before = _tree(other)
     cfg = dataclasses.replace(cfg, export=dataclasses.replace(cfg.export, dir=str(other)))
     with pytest.raises(UserError, match="is not empty"):
         export_from_config(cfg, model, byte_tokenizer())
-    assert (other / "notes.txt").read_text() == "mine"
+    assert _tree(other) == before
 
 
 def test_unfinished_checkpoints_are_never_chosen_or_restored(run, tmp_path, caplog):

@@ -5,12 +5,15 @@ parent, so the rename stays on one file system) and renamed into place once ever
 written: a crash or a full disk leaves the target as it was (and no temporary folder). A target
 that exists and is not empty is refused unless `overwrite`, which replaces it whole (the old
 directory is moved aside, the new one renamed in, the old one removed): no shard or
-`model.safetensors` of an earlier export survives next to the new one. Only the writing process
+`model.safetensors` of an earlier export survives next to the new one. An export of a run
+records which run it came from (`almol_jax_export.json`); the export after training replaces a
+folder only when it is empty or such an earlier export of the same run (`holds_export`). Only the writing process
 (process 0) touches the disk; every process checks the target, so all refuse together.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -22,7 +25,7 @@ from almol_jax.errors import UserError
 from almol_jax.export.tensors import is_writer
 from almol_jax.run.disk import disk_error, io_failure
 
-EXPORT_MARKERS = ("config.json", "adapter_config.json")
+PROVENANCE = "almol_jax_export.json"
 
 
 def check_target(out_dir: str | os.PathLike, *, overwrite: bool) -> Path:
@@ -39,15 +42,27 @@ def check_target(out_dir: str | os.PathLike, *, overwrite: bool) -> Path:
     return out
 
 
-def holds_export(out_dir: str | os.PathLike) -> bool:
-    """Whether `out_dir` is missing, empty, or holds an export (config.json or
-    adapter_config.json at its top): what an export after training may replace."""
+def write_provenance(out_dir: Path, run_dir: str | os.PathLike) -> None:
+    """Records in an export which run it came from (`PROVENANCE`: {"run_dir": absolute path})."""
+    doc = {"run_dir": str(Path(run_dir).absolute())}
+    (out_dir / PROVENANCE).write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+
+
+def holds_export(out_dir: str | os.PathLike, run_dir: str | os.PathLike) -> bool:
+    """Whether `out_dir` is missing, empty, or an earlier export of the run `run_dir` (its
+    `PROVENANCE` names that run): what an export after training may replace whole."""
     out = Path(out_dir)
     if not out.exists():
         return True
-    return out.is_dir() and (
-        not any(out.iterdir()) or any((out / m).is_file() for m in EXPORT_MARKERS)
-    )
+    if not out.is_dir():
+        return False
+    if not any(out.iterdir()):
+        return True
+    try:
+        doc = json.loads((out / PROVENANCE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(doc, dict) and doc.get("run_dir") == str(Path(run_dir).absolute())
 
 
 def _replace(tmp: Path, out: Path) -> None:

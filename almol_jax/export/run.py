@@ -17,9 +17,15 @@ from typing import Any, Literal
 
 from flax import nnx
 
-from almol_jax.export.atomic import atomic_directory, check_target, holds_export
+from almol_jax.export.atomic import (
+    atomic_directory,
+    check_target,
+    holds_export,
+    write_provenance,
+)
 from almol_jax.export.merged import export_merged
 from almol_jax.export.peft import export_peft
+from almol_jax.export.tensors import is_writer
 
 FORMATS = ("merged", "peft")
 BASE_SUBDIR = "base"
@@ -36,6 +42,7 @@ def export_model(
     base_model_name_or_path: str | None = None,
     max_new_tokens: int | None = None,
     overwrite: bool = False,
+    run_dir: str | os.PathLike | None = None,
 ) -> Path:
     """Exports an in-memory model to `out_dir` (atomically; a non-empty `out_dir` is refused
     unless `overwrite`, which replaces it whole).
@@ -43,7 +50,8 @@ def export_model(
     merged: a transformers directory with LoRA folded in. peft: an adapter directory for
     `base_model_name_or_path`; when that is None (a randomly initialised base, e.g. the demo
     runs), the base itself is exported to `<out_dir>/base` (merged format, adapters off) and
-    its absolute path is recorded, so `PeftModel.from_pretrained` finds it.
+    its absolute path is recorded, so `PeftModel.from_pretrained` finds it. `run_dir`: the run
+    the model was trained in, recorded in `almol_jax_export.json`.
     """
     if format not in FORMATS:
         raise ValueError(f"format={format!r} is not one of {FORMATS}")
@@ -60,6 +68,8 @@ def export_model(
             base_model_name_or_path=base_model_name_or_path,
             max_new_tokens=max_new_tokens,
         )
+        if run_dir is not None and is_writer():
+            write_provenance(tmp, run_dir)
     return final
 
 
@@ -120,11 +130,13 @@ def export_run(
     """Exports a trained run (its best checkpoint by default, or `step`, or a step folder) to
     `out_dir`; a non-empty `out_dir` is refused (before anything is restored) unless
     `overwrite`, which replaces it whole."""
+    from almol_jax.run.locate import run_and_step
     from almol_jax.run.restore import restore_for_inference
 
     if format not in FORMATS:
         raise ValueError(f"format={format!r} is not one of {FORMATS}")
     check_target(out_dir, overwrite=overwrite)
+    run_dir = run_and_step(run_dir_or_step)[0]
     cfg, model, tokenizer = restore_for_inference(run_dir_or_step, mesh=mesh, step=step)
     return export_model(
         model,
@@ -136,6 +148,7 @@ def export_run(
         base_model_name_or_path=cfg.model.source,
         max_new_tokens=cfg.generation.max_new_tokens,
         overwrite=overwrite,
+        run_dir=run_dir,
     )
 
 
@@ -146,7 +159,7 @@ def export_dir_of(cfg: Any) -> Path:
 
 def export_from_config(cfg: Any, model: nnx.Module, tokenizer: Any) -> Path:
     """The end-of-training export of a run, as its `export:` section says (in-memory model);
-    it replaces the run's own previous export (`holds_export`), never another folder."""
+    it replaces the run's own earlier export (`holds_export`), never another folder."""
     ex = cfg.export
     target = export_dir_of(cfg)
     return export_model(
@@ -158,5 +171,6 @@ def export_from_config(cfg: Any, model: nnx.Module, tokenizer: Any) -> Path:
         max_shard_size=ex.max_shard_size,
         base_model_name_or_path=cfg.model.source,
         max_new_tokens=cfg.generation.max_new_tokens,
-        overwrite=holds_export(target),
+        overwrite=holds_export(target, cfg.output_dir),
+        run_dir=cfg.output_dir,
     )
