@@ -6,7 +6,10 @@ directory (building or reusing the dataset), so every later step sees a plain HF
 - evaluation of the test split in `eval.directions` with the checkpoint evaluator, twice: the
   untrained model ("step 0": the same seeded random init, or a LoRA run's base with adapters
   off) and the best checkpoint (lowest validation loss), both written under `<run_dir>/eval/`;
-- the Hugging Face export of the best checkpoint (`export.format`, `export.dir`);
+- the Hugging Face export of the best checkpoint (`export.format`, `export.dir`), written whole
+  through a temporary folder; it replaces the run's own earlier export (a folder whose
+  almol_jax_export.json names this run, e.g. before a resume), and refuses a non-empty folder
+  holding anything else;
 - a step-0 vs final table (test metrics, plus CPO's validation reward accuracy read from
   metrics.jsonl), printed and written to `<run_dir>/after_training.{json,md}`.
 Plain host Python: the heavy lifting is in `evaluate_checkpoint` and `export_run`.
@@ -78,10 +81,9 @@ def resolve_builtin(cfg: Any) -> Any:
 
 def validation_curve(run_dir: str | Path) -> list[dict[str, float]]:
     """The validation records of metrics.jsonl ({"step", "eval/..."}), in step order."""
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+    from almol_jax.train.metrics_log import read_metrics
+
+    records = read_metrics(run_dir)
     return sorted((r for r in records if "eval/loss" in r), key=lambda r: r["step"])
 
 
@@ -195,17 +197,20 @@ def after_training(
             d: _comparison(d, results["step0"][d], results["final"][d]) for d in directions
         }
     if cfg.export.at_end:
+        from almol_jax.export.atomic import holds_export
         from almol_jax.export.run import export_dir_of, export_run
 
         start = time.perf_counter()
         ex = cfg.export
-        path = export_run(
+        target = export_dir_of(cfg)
+        path = export_run(  # replaces the run's own previous export whole, never another folder
             run_dir,
-            export_dir_of(cfg),
+            target,
             format=ex.format,
             dtype=ex.dtype,
             max_shard_size=ex.max_shard_size,
             step="best",
+            overwrite=holds_export(target, run_dir),
         )
         out["export_dir"] = str(Path(path).absolute())
         out["seconds"]["export"] = time.perf_counter() - start

@@ -1,5 +1,7 @@
 """Checkpoints under real interruptions (subprocesses): SIGKILL mid-run then restart ends bitwise
-equal to an uninterrupted run with the same data order; SIGTERM saves and exits 0."""
+equal to an uninterrupted run with the same data order (full fine-tuning, and LoRA with adapter
+dropout, whose masks are drawn from the seed, the step and the micro-batch); SIGTERM saves and
+exits 0."""
 
 import json
 import signal
@@ -13,9 +15,10 @@ import pytest
 from flax import nnx
 from train_runs import NO_VALIDATION, REPO, env_with_devices, train_cmd, train_records
 
-from almol_jax.model.lora import trainable_filter
+from almol_jax.model.lora import LoRAParam, trainable_filter
 from almol_jax.run.checkpoint import latest_step
 from almol_jax.run.restore import restore_for_inference
+from almol_jax.train.metrics_log import read_metrics
 
 RUN = (
     "train.steps=40",
@@ -47,6 +50,54 @@ def _params(run_dir):
     _, model, _ = restore_for_inference(run_dir, step="latest")
     _, trainable, _ = nnx.split(model, trainable_filter(False), ...)
     return [np.asarray(x) for x in jax.tree.leaves(trainable)]
+
+
+def _kill_after_first_checkpoint(run_dir, run) -> int:
+    """Starts `run` in `run_dir`, SIGKILLs it once its first checkpoint is complete; returns
+    the step a restart resumes from."""
+    proc = subprocess.Popen(
+        train_cmd(run_dir, *run),
+        env=env_with_devices(1),
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        assert _wait_for(lambda: latest_step(run_dir) is not None, proc)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == -signal.SIGKILL  # it was killed mid-run, not finished
+    return latest_step(run_dir)
+
+
+def _finish_side_by_side(run_dirs, run) -> None:
+    procs = {
+        d: subprocess.Popen(
+            train_cmd(d, *run),
+            env=env_with_devices(1),
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for d in run_dirs
+    }
+    outputs = {d: p.communicate(timeout=400) for d, p in procs.items()}
+    for d, p in procs.items():
+        assert p.returncode == 0, outputs[d][1][-3000:]
+
+
+def _adapters(run_dir):
+    _, model, _ = restore_for_inference(run_dir, step="latest")
+    return [np.asarray(x) for x in jax.tree.leaves(nnx.state(model, LoRAParam))]
+
+
+def _records(run_dir):
+    """Every metrics.jsonl record (training and validation) without the timing keys."""
+    return [{k: v for k, v in r.items() if k != "tokens_per_sec"} for r in read_metrics(run_dir)]
 
 
 def _losses(run_dir):
@@ -100,6 +151,43 @@ def test_sigkill_then_resume_matches_uninterrupted_run_bitwise(tmp_path):
     # checkpoint on resume, then continued).
     assert _losses(killed) == _losses(whole)
     assert [s for s, *_ in _losses(whole)] == list(range(1, 41))
+
+
+LORA_DROPOUT = (
+    "train.steps=24",
+    "checkpoint.every=4",
+    "train.eval_every=8",
+    "train.eval_batches=1",
+    "checkpoint.async_save=true",
+    "lora.enabled=true",
+    "lora.r=4",
+    "lora.alpha=8.0",
+    "lora.dropout=0.3",
+)
+
+
+@pytest.mark.slow
+def test_lora_with_dropout_sigkill_then_resume_matches_uninterrupted_run_bitwise(tmp_path):
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    resumed_from = _kill_after_first_checkpoint(killed, LORA_DROPOUT)
+    assert 4 <= resumed_from < 24
+    _finish_side_by_side((killed, whole), LORA_DROPOUT)
+    assert latest_step(killed) == latest_step(whole) == 24
+    got, want = _adapters(killed), _adapters(whole)
+    assert len(got) == len(want) > 0
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_array_equal(a, b)
+    # Every record (training and validation), bitwise, in the same order.
+    records = _records(whole)
+    assert [r["step"] for r in records if "loss" in r] == list(range(1, 25))
+    assert sum("eval/loss" in r for r in records) == 3
+    assert _records(killed) == records
+    # Dropout is on: the run differs from the same run without it (from step 2: the adapters'
+    # B starts at zero, so step 1 cannot tell).
+    plain = tmp_path / "plain"
+    _finish_side_by_side((plain,), (*LORA_DROPOUT, "lora.dropout=0.0"))
+    last = [r["loss"] for r in records if "loss" in r][-1]
+    assert [r["loss"] for r in _records(plain) if "loss" in r][-1] != last
 
 
 def test_sigterm_saves_a_checkpoint_and_exits_zero(tmp_path):

@@ -127,7 +127,7 @@ def test_bad_json_and_direction_and_field_count(tmp_path):
     row = {"source": "C", "chosen": "a", "rejected": "b", "direction": "s2c"}
     with pytest.raises(ValueError, match=r"d.jsonl:1: direction 's2c' is not one of"):
         read(write(tmp_path / "d.jsonl", json.dumps(row)))
-    with pytest.raises(ValueError, match=r"t.tsv:3: 2 tab-separated fields, header has 3"):
+    with pytest.raises(ValueError, match=r"t.tsv:3: 2 fields, the header has 3"):
         read(write(tmp_path / "t.tsv", "CID\tSMILES\tdescription\n1\tC\tx\n2\tC\n"))
 
 

@@ -1,11 +1,14 @@
 """Sharded and multi-process training (subprocesses with virtual CPU devices): the same run on 1
 device and on 8 devices with mesh (data 2, fsdp 2, tensor 2) gives the same losses; two processes
 (gloo, 2 devices each) train on one 4-device mesh and write one checkpoint that this single
-process restores, equal to a single-process 4-device run; the multi-host decision logic."""
+process restores, equal to a single-process 4-device run; SIGTERM to one process of a two-process
+run stops both at the same step with one checkpoint and exit 0; the multi-host decision logic."""
 
 import json
+import signal
 import socket
 import subprocess
+import time
 from types import SimpleNamespace
 
 import jax
@@ -102,6 +105,47 @@ def test_two_processes_train_on_one_mesh_and_a_single_process_restores(tmp_path)
         assert_records_close(rm, rs, KEYS, rtol=1e-5)
     for got, want in zip(_params(tmp_path / "multi"), _params(tmp_path / "single"), strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_of_two_processes_stops_both_at_one_step(tmp_path):
+    run_dir = tmp_path / "multi"
+    port = _free_port()
+    hosts = [
+        _launch(
+            run_dir,
+            "train.steps=5000",
+            "checkpoint.every=10000",
+            NO_VALIDATION,
+            "mesh.data=2",
+            "mesh.fsdp=2",
+            f"mesh.coordinator_address=127.0.0.1:{port}",
+            "mesh.num_processes=2",
+            f"mesh.process_id={i}",
+            devices=2,
+        )
+        for i in range(2)
+    ]
+    try:
+        deadline = time.monotonic() + 300
+        while len(train_records(run_dir)) < 3 and time.monotonic() < deadline:
+            assert all(h.poll() is None for h in hosts), hosts[0].communicate()[1][-3000:]
+            time.sleep(0.05)
+        assert len(train_records(run_dir)) >= 3
+        # Only the second process (not the one writing metrics) is told to stop: the stop is
+        # agreed across processes, so both save the same step and leave cleanly.
+        hosts[1].send_signal(signal.SIGTERM)
+        outs = _finish(hosts)
+    finally:
+        for h in hosts:
+            if h.poll() is None:
+                h.kill()
+    summaries = [json.loads(out[out.index("{") :]) for out, _ in outs]
+    steps = [s["step"] for s in summaries]
+    assert steps[0] == steps[1] and 3 <= steps[0] < 5000
+    assert [s["stopped"] for s in summaries] == ["stop requested", "signal SIGTERM"]
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == [str(steps[0])]
+    assert latest_step(run_dir) == steps[0]
 
 
 def _mesh(**kw):

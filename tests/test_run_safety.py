@@ -191,6 +191,9 @@ def test_adapters_are_not_loaded_onto_another_base(run_copy):
     _error_line(proc, "another base", "base.seed: 0 -> 1", "--allow-other-base")
     cmd = ["-m", "almol_jax.preferences", "self-generated", "--checkpoint", str(run_copy)]
     _error_line(_run([*cmd, "--out", str(run_copy.parent / "x.jsonl")]), "base.seed: 0 -> 1")
+    export = ["-m", "almol_jax.export", "--checkpoint", str(run_copy), "--format", "merged"]
+    _error_line(_run([*export, "--out", str(run_copy.parent / "refused")]), "base.seed: 0 -> 1")
+    assert not (run_copy.parent / "refused").exists()
     assert _hashes(run_copy) == before
     # allowed: the model loads, and the command stops later at the config's empty test split
     proc = _run(["eval.py", "--checkpoint", str(run_copy), "--no-fcd", "--allow-other-base"])
@@ -199,6 +202,10 @@ def test_adapters_are_not_loaded_onto_another_base(run_copy):
 
     cfg, _, _ = restore_for_inference(run_copy, allow_other_base=True)
     assert cfg.seed == 1
+    allowed = run_copy.parent / "allowed"
+    done = _run([*export, "--out", str(allowed), "--allow-other-base"])
+    assert done.returncode == 0, done.stderr
+    assert (allowed / "config.json").is_file()
 
 
 def test_checkpoint_meta_records_the_fingerprint(tiny_run):

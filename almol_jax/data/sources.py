@@ -7,22 +7,22 @@ Every row becomes an :class:`Example` (source, chosen, rejected or None, directi
 - the scorer's TSV (header ``SMILES|description<TAB>ground truth<TAB>output``, no quoting): a
   triplet with gold = chosen, output = rejected, direction from the first header cell.
 
-Local ``.jsonl``, ``.tsv`` and ``.txt`` files are parsed line by line here so that errors name the
-file and line (non-UTF-8 bytes, bad JSON, missing fields); ``.csv``, ``.json``, ``.parquet`` and
-hub datasets (``hf:NAME[:SPLIT]``, needs network) are read with ``datasets``. Empty responses are
-dropped and counted (``DataReport``); a missing column is an error naming the file and the
-columns it does have.
+Local ``.jsonl``, ``.tsv``, ``.txt`` and ``.csv`` files are read by the one reader of each format
+(``data/files.py``): errors name the file and line (non-UTF-8 bytes, bad JSON, a ragged row,
+missing fields); ``.json``, ``.parquet`` and hub datasets (``hf:NAME[:SPLIT]``, needs network) are
+read with ``datasets``. Empty responses are dropped and counted (``DataReport``); a missing column
+is an error naming the file and the columns it does have.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from almol_jax.data.files import TSV_SUFFIXES, DataFileError, jsonl_objects, table
 from almol_jax.data.report import DataReport
 from almol_jax.directions import DIRECTIONS, directions_of
 
@@ -45,53 +45,19 @@ class Example:
 # --------------------------------------------------------------------------- raw rows
 
 
-def _read_lines(path: Path) -> Iterator[tuple[int, str]]:
-    """(1-based line number, text) of a UTF-8 file; a non-UTF-8 line is an error naming it."""
-    with open(path, "rb") as fh:
-        for lineno, raw in enumerate(fh, start=1):
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as err:
-                raise ValueError(
-                    f"{path}:{lineno}: not valid UTF-8 ({err.reason} at byte {err.start})"
-                ) from None
-            yield lineno, text.rstrip("\r\n")
-
-
 def _jsonl_rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
-    for lineno, text in _read_lines(path):
-        if not text.strip():
-            continue
-        try:
-            row = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}:{lineno}: invalid JSON ({err.msg})") from None
-        if not isinstance(row, dict):
-            raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+    for lineno, row in jsonl_objects(path):
         yield f"{path}:{lineno}", row
 
 
-def _tsv_rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
-    """Tab-separated rows with a header, read with NO quoting (the scorers' convention)."""
-    lines = _read_lines(path)
-    try:
-        _, header_text = next(lines)
-    except StopIteration:
-        raise ValueError(f"{path}: empty file (no header)") from None
-    header = header_text.split("\t")
-    for lineno, text in lines:
-        if not text.strip():
-            continue
-        cells = text.split("\t")
-        if len(cells) != len(header):
-            raise ValueError(
-                f"{path}:{lineno}: {len(cells)} tab-separated fields, header has {len(header)} {header}"
-            )
-        yield f"{path}:{lineno}", dict(zip(header, cells, strict=True))
+def _table_rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Rows of a TSV (no quoting, the scorers' convention) or CSV file with a header."""
+    for lineno, row in table(path).records():
+        yield f"{path}:{lineno}", row
 
 
 def _datasets_rows(spec: str) -> Iterator[tuple[str, dict[str, Any]]]:
-    """Rows of a csv/json/parquet file or a hub dataset (hf:NAME[:SPLIT]) via ``datasets``."""
+    """Rows of a json/parquet file or a hub dataset (hf:NAME[:SPLIT]) via ``datasets``."""
     import datasets
 
     if spec.startswith("hf:"):
@@ -99,7 +65,7 @@ def _datasets_rows(spec: str) -> Iterator[tuple[str, dict[str, Any]]]:
         ds = datasets.load_dataset(name, split=split or "train")
     else:
         suffix = Path(spec).suffix.lower()
-        builder = {".csv": "csv", ".json": "json", ".parquet": "parquet"}[suffix]
+        builder = {".json": "json", ".parquet": "parquet"}[suffix]
         ds = datasets.load_dataset(builder, data_files=spec, split="train")
     for i, row in enumerate(ds):
         yield f"{spec}:row {i + 1}", row
@@ -112,27 +78,29 @@ def read_rows(spec: str) -> Iterator[tuple[str, dict[str, Any]]]:
         return
     path = Path(spec)
     if not path.is_file():
-        raise ValueError(f"data file {spec!r} does not exist")
+        raise DataFileError(f"data file {spec!r} does not exist")
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
         yield from _jsonl_rows(path)
-    elif suffix in (".tsv", ".txt"):
-        yield from _tsv_rows(path)
-    elif suffix in (".csv", ".json", ".parquet"):
+    elif suffix in (*TSV_SUFFIXES, ".csv"):
+        yield from _table_rows(path)
+    elif suffix in (".json", ".parquet"):
         yield from _datasets_rows(spec)
     else:
-        raise ValueError(
+        raise DataFileError(
             f"data file {spec!r}: unknown extension {suffix!r} (jsonl/tsv/txt/csv/json/parquet)"
         )
 
 
 def columns_of(spec: str) -> list[str]:
-    """The column names of a data file: its header (tsv/txt) or its first row's keys."""
+    """The column names of a data file: its header (tsv/txt/csv) or its first row's keys."""
+    path = Path(spec)
+    if not spec.startswith("hf:") and path.suffix.lower() in (*TSV_SUFFIXES, ".csv"):
+        if not path.is_file():
+            raise DataFileError(f"data file {spec!r} does not exist")
+        return table(path).header
     for _, row in read_rows(spec):
         return list(row)
-    path = Path(spec)
-    if path.suffix.lower() in (".tsv", ".txt"):
-        return next(_read_lines(path))[1].split("\t")
     return []
 
 
@@ -168,7 +136,7 @@ def _pick(columns: list[str], wanted: str, aliases: tuple[str, ...]) -> str | No
 def _require(spec: str, columns: list[str], names: Iterable[str], fmt: str) -> None:
     missing = [n for n in names if n not in columns]
     if missing:
-        raise ValueError(
+        raise DataFileError(
             f"data file {spec!r} ({fmt} format) lacks column(s) {missing}; it has {columns} "
             "(set data.columns.* to map them)"
         )
@@ -188,7 +156,7 @@ def read_examples(
         _require(spec, columns, [c.source, c.chosen, c.rejected, c.direction], fmt)
     elif fmt == "scorer_tsv":
         if not columns or columns[0] not in SCORER_HEADERS or len(columns) < 3:
-            raise ValueError(
+            raise DataFileError(
                 f"data file {spec!r}: scorer TSV header must be 'SMILES|description<TAB>ground "
                 f"truth<TAB>output', got {columns[:3]}"
             )
@@ -205,10 +173,12 @@ def read_examples(
         if fmt == "preference":
             for key in (c.source, c.chosen, c.rejected, c.direction):
                 if key not in row:
-                    raise ValueError(f"{origin}: missing field {key!r}; the row has {sorted(row)}")
+                    raise DataFileError(
+                        f"{origin}: missing field {key!r}; the row has {sorted(row)}"
+                    )
             direction = _text(row[c.direction])
             if direction not in DIRECTIONS:
-                raise ValueError(f"{origin}: direction {direction!r} is not one of {DIRECTIONS}")
+                raise DataFileError(f"{origin}: direction {direction!r} is not one of {DIRECTIONS}")
             rows = [(_text(row[c.source]), _text(row[c.chosen]), _text(row[c.rejected]), direction)]
         elif fmt == "scorer_tsv":
             direction = SCORER_HEADERS[columns[0]]

@@ -1,21 +1,22 @@
 """Reading prediction files: the community scorer's TSV, or a plain CSV / JSONL.
 
 Every reader returns a :class:`Predictions` (parallel lists of source, reference and output
-strings). The scorer's TSV is read exactly like the reference scripts read it: tab-separated,
-``csv.QUOTE_NONE``, header ``SMILES<TAB>ground truth<TAB>output`` (smiles2caption) or
-``description<TAB>ground truth<TAB>output`` (caption2smiles). A missing column or a ragged row
-is a :class:`PredictionFileError` naming the file and line.
+strings). The files are read by the one reader of each format (``almol_jax.data.files``); the
+scorer's TSV exactly like the reference scripts read it: tab-separated, no quoting, header
+``SMILES<TAB>ground truth<TAB>output`` (smiles2caption) or ``description<TAB>ground truth<TAB>output``
+(caption2smiles). A missing column or a ragged row is an error naming the file and line (a
+:class:`PredictionFileError` here, a ``DataFileError`` from the reader; both are user errors).
 """
 
 from __future__ import annotations
 
-import csv
-import json
 import os
-import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from almol_jax.data.files import DataFileError, Table, csv_table, jsonl_objects, tsv_table
 from almol_jax.directions import DIRECTIONS
 
 TSV_SOURCE_COLUMN = {"caption2smiles": "description", "smiles2caption": "SMILES"}
@@ -24,7 +25,7 @@ OUTPUT_COLUMNS = ("output",)
 SOURCE_COLUMNS = ("source", "description", "SMILES", "smiles", "caption")
 
 
-class PredictionFileError(ValueError):
+class PredictionFileError(DataFileError):
     """A prediction file that cannot be read as (source, reference, output) rows."""
 
 
@@ -77,13 +78,9 @@ def _pick(header: list[str], names: tuple[str, ...], what: str, path, line: int)
     )
 
 
-def _rows_from_table(rows, path, task: str | None, fmt: str) -> Predictions:
-    """``rows`` yields (line_number, list_of_fields); the first is the header."""
-    try:
-        header_line, header = next(rows)
-    except StopIteration:
-        raise PredictionFileError(f"{path}: empty file, expected a header line") from None
-    header = [h.strip() for h in header]
+def _rows_from_table(table: Table, task: str | None, fmt: str) -> Predictions:
+    """The (source, reference, output) columns of a checked table."""
+    path, header, header_line = table.path, table.header, table.header_line
     if task is not None and fmt == "tsv":
         other = [t for t in DIRECTIONS if t != task][0]
         if TSV_SOURCE_COLUMN[other] in header and TSV_SOURCE_COLUMN[task] not in header:
@@ -95,69 +92,61 @@ def _rows_from_table(rows, path, task: str | None, fmt: str) -> Predictions:
     ref = _pick(header, REFERENCE_COLUMNS, "reference ('ground truth')", path, header_line)
     out = _pick(header, OUTPUT_COLUMNS, "output", path, header_line)
     sources, references, outputs = [], [], []
-    for line, fields in rows:
-        if not fields:  # a blank line, as csv.DictReader skips it
-            continue
-        if len(fields) != len(header):
-            raise PredictionFileError(
-                f"{path}:{line}: {len(fields)} fields, the header has {len(header)} "
-                f"({header}); a ragged row (a stray tab or a missing column?)"
-            )
+    for _, fields in table.rows:
         sources.append(fields[src])
         references.append(fields[ref])
         outputs.append(fields[out])
     return Predictions(sources, references, outputs, path=str(path), format=fmt)
 
 
-def _numbered_csv(path, delimiter: str, quoting: int):
-    csv.field_size_limit(sys.maxsize)
-    with open(path, encoding="utf-8-sig", newline="") as f:  # -sig: tolerate a BOM
-        reader = csv.reader(f, delimiter=delimiter, quoting=quoting)
-        for fields in reader:
-            yield reader.line_num, fields
+@contextmanager
+def _prediction_errors() -> Iterator[None]:
+    """The reader's DataFileError as a PredictionFileError (the same message)."""
+    try:
+        yield
+    except DataFileError as err:
+        if isinstance(err, PredictionFileError):
+            raise
+        raise PredictionFileError(str(err)) from None
 
 
 def read_tsv(path: str | os.PathLike, task: str | None = None) -> Predictions:
     """The scorer's TSV: tab-separated, no quoting, a header line."""
-    return _rows_from_table(_numbered_csv(path, "\t", csv.QUOTE_NONE), path, task, "tsv")
+    with _prediction_errors():
+        return _rows_from_table(tsv_table(path), task, "tsv")
 
 
 def read_csv(path: str | os.PathLike, task: str | None = None) -> Predictions:
     """A plain CSV (standard quoting) with source, reference and output columns."""
-    return _rows_from_table(_numbered_csv(path, ",", csv.QUOTE_MINIMAL), path, task, "csv")
+    with _prediction_errors():
+        return _rows_from_table(csv_table(path), task, "csv")
 
 
 def read_jsonl(path: str | os.PathLike, task: str | None = None) -> Predictions:
     """JSON lines, one object per row with source / reference / output keys."""
+    with _prediction_errors():
+        return _read_jsonl(path)
+
+
+def _read_jsonl(path: str | os.PathLike) -> Predictions:
     sources, references, outputs = [], [], []
-    with open(path, encoding="utf-8-sig") as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise PredictionFileError(f"{path}:{line_no}: not JSON ({e})") from None
-            if not isinstance(obj, dict):
-                raise PredictionFileError(f"{path}:{line_no}: expected an object, got {obj!r:.80}")
-            row = []
-            for names in (SOURCE_COLUMNS, REFERENCE_COLUMNS, OUTPUT_COLUMNS):
-                key = next((k for k in names if k in obj), None)
-                if key is None:
-                    raise PredictionFileError(
-                        f"{path}:{line_no}: no key among {list(names)} in {sorted(obj)}"
-                    )
-                value = obj[key]
-                if value is None:
-                    value = ""
-                if not isinstance(value, str):
-                    raise PredictionFileError(
-                        f"{path}:{line_no}: {key}={value!r:.80} is not a string"
-                    )
-                row.append(value)
-            sources.append(row[0])
-            references.append(row[1])
-            outputs.append(row[2])
+    for line_no, obj in jsonl_objects(path):
+        row = []
+        for names in (SOURCE_COLUMNS, REFERENCE_COLUMNS, OUTPUT_COLUMNS):
+            key = next((k for k in names if k in obj), None)
+            if key is None:
+                raise PredictionFileError(
+                    f"{path}:{line_no}: no key among {list(names)} in {sorted(obj)}"
+                )
+            value = obj[key]
+            if value is None:
+                value = ""
+            if not isinstance(value, str):
+                raise PredictionFileError(f"{path}:{line_no}: {key}={value!r:.80} is not a string")
+            row.append(value)
+        sources.append(row[0])
+        references.append(row[1])
+        outputs.append(row[2])
     return Predictions(sources, references, outputs, path=str(path), format="jsonl")
 
 
@@ -167,7 +156,7 @@ def read_predictions(path: str | os.PathLike, task: str | None = None) -> Predic
         check_task(task)
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"prediction file {path} does not exist")
+        raise PredictionFileError(f"prediction file {path} does not exist")
     suffix = path.suffix.lower()
     if suffix in (".jsonl", ".json"):
         return read_jsonl(path, task)

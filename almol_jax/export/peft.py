@@ -15,6 +15,7 @@ from typing import Any
 
 from flax import nnx
 
+from almol_jax.errors import ConfigError
 from almol_jax.export.merged import save_tokenizer, write_json
 from almol_jax.export.streaming import numpy_dtype, write_sharded_safetensors
 from almol_jax.export.tensors import adapted_module_names, adapter_tensor_specs, is_writer
@@ -60,7 +61,7 @@ def export_peft(
     """Writes the adapters of `model` as a PEFT LoRA adapter directory (one safetensors file)."""
     lora_config = getattr(model, "lora_config", None)
     if lora_config is None:
-        raise ValueError("format='peft' needs a LoRA model; this model has lora_config=None")
+        raise ConfigError("format='peft' needs a LoRA model; this model has lora_config=None")
     np_dtype = numpy_dtype(dtype)
     out_dir = Path(out_dir)
     if is_writer():

@@ -13,12 +13,11 @@ and equivalent rejections and duplicates dropped and counted) and ``common.score
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
+from almol_jax.data.files import DataFileError, jsonl_objects, table, tsv_table
 from almol_jax.preferences.common import (
     PreferenceRow,
     filter_rows,
@@ -52,28 +51,18 @@ class PredictionRow:
 
 
 def read_prediction_file(path: str | Path) -> tuple[str, list[PredictionRow]]:
-    """``(direction, rows)`` of a scorer-format TSV; a missing output column reads as empty."""
-    path = Path(path)
-    with open(path, encoding="utf-8", newline="") as f:
-        lines = f.read().splitlines()
-    if not lines:
-        raise ValueError(f"prediction file {str(path)!r} is empty")
-    header = tuple(c.strip() for c in lines[0].split("\t"))
+    """``(direction, rows)`` of a scorer-format TSV (the one TSV reader: a ragged row, e.g. one
+    without its output field, is an error naming file:line)."""
+    table = tsv_table(path)
+    header = tuple(table.header)
     if header not in HEADERS:
-        raise ValueError(
-            f"prediction file {str(path)!r} has header {header!r}, expected one of {list(HEADERS)}"
+        raise DataFileError(
+            f"{table.path}:{table.header_line}: prediction file header {header!r}, expected one "
+            f"of {list(HEADERS)}"
         )
     direction = HEADERS[header]
     rows = []
-    for line_no, line in enumerate(lines[1:], start=2):
-        if not line.strip():
-            continue
-        fields = line.split("\t")
-        if len(fields) == 2:
-            fields.append("")
-        if len(fields) != 3:
-            raise ValueError(f"{path}:{line_no} has {len(fields)} tab-separated fields, expected 3")
-        source, gold, output = fields
+    for line_no, (source, gold, output) in table.rows:
         molecule, caption = (source, gold) if direction == "smiles2caption" else (gold, source)
         rows.append(PredictionRow(molecule=molecule, caption=caption, output=output, line=line_no))
     return direction, rows
@@ -86,24 +75,15 @@ def read_gold_pairs(path: str | Path) -> set[tuple[str, str]]:
     SMILES is read as ``\\`` (the prediction files use the unescaped form).
     """
     path = Path(path)
-    if path.suffix == ".jsonl":
-        records = [
-            json.loads(line)
-            for line in path.read_text(encoding="utf-8").splitlines()
-            if line.strip()
-        ]
-    else:
-        delimiter = "," if path.suffix == ".csv" else "\t"
-        quoting = csv.QUOTE_MINIMAL if path.suffix == ".csv" else csv.QUOTE_NONE
-        with open(path, encoding="utf-8", newline="") as f:
-            records = list(csv.DictReader(f, delimiter=delimiter, quoting=quoting))
+    records = jsonl_objects(path) if path.suffix == ".jsonl" else table(path).records()
     pairs = set()
-    for i, rec in enumerate(records):
+    for line_no, rec in records:
         molecule = rec.get("SMILES", rec.get("molecule"))
         caption = rec.get("description", rec.get("caption"))
-        if molecule is None or caption is None:
-            raise ValueError(
-                f"gold file {str(path)!r} row {i}: needs SMILES/description or molecule/caption, has {list(rec)}"
+        if not isinstance(molecule, str) or not isinstance(caption, str):
+            raise DataFileError(
+                f"{path}:{line_no}: needs text SMILES/description or molecule/caption fields, "
+                f"has {sorted(rec)}"
             )
         pairs.add((molecule.replace("\\\\", "\\").strip(), caption.strip()))
     return pairs

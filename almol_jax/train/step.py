@@ -86,7 +86,9 @@ def split_micro_batches(batch, num_micro: int):
 
 
 def fold_rng_keys(frozen, *data):
-    """`frozen` with every nnx.RngKey folded with the integers `data` (step, micro index)."""
+    """`frozen` with every nnx.RngKey folded with the integers `data` (step, micro index), and
+    fresh RNG count variables: a model merged inside a nested trace (grad, scan, eval_shape)
+    may then advance them (NNX refuses to mutate a variable made in an outer trace)."""
 
     def fold(var):
         if isinstance(var, nnx.RngKey):
@@ -94,6 +96,8 @@ def fold_rng_keys(frozen, *data):
             for d in data:
                 key = jax.random.fold_in(key, d)
             return var.replace(value=key)
+        if isinstance(var, nnx.RngCount):
+            return var.replace(value=var.get_value())
         return var
 
     return jax.tree.map(fold, frozen, is_leaf=lambda x: isinstance(x, nnx.Variable))
