@@ -15,6 +15,8 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from almol_jax.errors import ConfigError
+
 MESH_AXES = ("data", "fsdp", "tensor")
 
 Rules = tuple[tuple[str, Any], ...]
@@ -47,15 +49,15 @@ def make_mesh(mesh_config: Any = None, *, devices: Sequence[jax.Device] | None =
         sizes = {a: int(getattr(mesh_config, a, 1)) for a in MESH_AXES}
     free = [a for a, s in sizes.items() if s == -1]
     if len(free) > 1:
-        raise ValueError(f"mesh sizes {sizes} have more than one -1")
+        raise ConfigError(f"mesh sizes {sizes} have more than one -1")
     known = int(np.prod([s for s in sizes.values() if s != -1]))
     if free:
         if len(devices) % known:
-            raise ValueError(f"{len(devices)} devices are not divisible by mesh sizes {sizes}")
+            raise ConfigError(f"{len(devices)} devices are not divisible by mesh sizes {sizes}")
         sizes[free[0]] = len(devices) // known
     total = int(np.prod(list(sizes.values())))
     if total != len(devices):
-        raise ValueError(f"mesh sizes {sizes} need {total} devices but {len(devices)} are given")
+        raise ConfigError(f"mesh sizes {sizes} need {total} devices but {len(devices)} are given")
     shape = tuple(sizes[a] for a in MESH_AXES)
     return Mesh(np.asarray(devices).reshape(shape), MESH_AXES)
 

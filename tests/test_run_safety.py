@@ -87,6 +87,7 @@ CONFIG_MISTAKES = {
         ["tokenizer.path='./nowhere-h6' does not exist"],
     ),
     "data file": (("data.train_files=[tests/data/nowhere.jsonl]",), ["nowhere.jsonl", "exist"]),
+    "mesh over more devices": (("mesh.data=2", "mesh.fsdp=1"), ["need 2 devices but 1 are"]),
 }
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from almol_jax.errors import ConfigError
 from almol_jax.eval.chrf import ChrfConfig
 
 
@@ -34,17 +35,17 @@ class EvalOptions:
 
     def __post_init__(self):
         if self.fingerprint_averaging not in ("molt5", "lpm24"):
-            raise ValueError(
+            raise ConfigError(
                 f"fingerprint_averaging={self.fingerprint_averaging!r} is not 'molt5' or 'lpm24'"
             )
         if self.morgan_radius < 0:
-            raise ValueError(f"morgan_radius={self.morgan_radius} must be >= 0")
+            raise ConfigError(f"morgan_radius={self.morgan_radius} must be >= 0")
         if self.text_trunc_length < 1:
-            raise ValueError(f"text_trunc_length={self.text_trunc_length} must be >= 1")
+            raise ConfigError(f"text_trunc_length={self.text_trunc_length} must be >= 1")
         if self.num_workers is not None and self.num_workers < 1:
-            raise ValueError(f"num_workers={self.num_workers} must be >= 1")
+            raise ConfigError(f"num_workers={self.num_workers} must be >= 1")
         if self.withheld_combos and not self.nested_props:
-            raise ValueError(f"withheld_combos={self.withheld_combos!r} needs nested_props too")
+            raise ConfigError(f"withheld_combos={self.withheld_combos!r} needs nested_props too")
 
 
 # EvalSection fields copied to EvalOptions under the same name (resource paths and the skip switch)

@@ -297,7 +297,10 @@ def read_meta(run_dir: str | Path, step: int) -> dict[str, Any]:
     """The "meta" JSON of checkpoint `step` (step, data-iterator state, seed)."""
     path = Path(run_dir) / CHECKPOINTS / str(step) / "meta" / "metadata"
     if path.is_file():
-        return json.loads(path.read_text())
+        try:
+            return json.loads(path.read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise UserError(f"checkpoint metadata {str(path)!r} is damaged ({err})") from err
     restored = RunCheckpointer(run_dir, read_only=True).manager.restore(
         int(step), args=ocp.args.Composite(meta=ocp.args.JsonRestore())
     )
