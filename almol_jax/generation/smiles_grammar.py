@@ -40,8 +40,9 @@ PHASES = (
 (B_CHGD, B_CLS, B_CLSD, B_ISO2, B_ISO3, B_CLSD2) = range(23, 29)
 BRACKET_PHASES = tuple(range(B_OPEN, B_CLSD2 + 1))
 # Tokens that always suffice to finish what the phase started (an atom after a bond or '(',
-# ']' and at most a symbol inside a bracket atom, the digits after '%' and the ring they open).
-PHASE_NEEDS = np.array([1, 1, 0, 0, 0, 1, 1, 1, 1, 1, 1, 4, 3, 2, 2, 2, 1, 1, 1, 1, 1, 1, 1, 1, 2])
+# ']' and at most a symbol inside a bracket atom, the digits after '%' and the ring they open,
+# two atoms and three characters).
+PHASE_NEEDS = np.array([1, 1, 0, 0, 0, 1, 1, 1, 1, 1, 1, 7, 6, 2, 2, 2, 1, 1, 1, 1, 1, 1, 1, 1, 2])
 PHASE_NEEDS = np.concatenate([PHASE_NEEDS, [1, 2, 2, 1]])
 PARTNERS = 6  # ring partners remembered per atom (duplicate ring bonds are checked against them)
 
@@ -378,10 +379,12 @@ def complete(s: GrammarState) -> jax.Array:
 
 
 def distance(s: GrammarState) -> jax.Array:
-    """Tokens that always suffice to complete the SMILES (EOS not counted): two per open ring label
-    (an atom and the digit), one per open branch, and what the phase needs (PHASE_NEEDS)."""
-    open_rings = jnp.sum(s.opener >= 0, axis=-1)
-    return 2 * open_rings + s.depth + jnp.asarray(PHASE_NEEDS)[s.ph]
+    """Tokens that always suffice to complete the SMILES (EOS not counted): per open ring label two
+    atoms (the closure may not be on the opener's neighbour) and its digit(s) ('%nn' takes three),
+    one per open branch, and what the phase needs."""
+    cost = jnp.where(jnp.arange(s.opener.shape[-1]) >= 10, 5, 3)
+    open_cost = jnp.sum(jnp.where(s.opener >= 0, cost, 0), axis=-1)
+    return open_cost + s.depth + jnp.asarray(PHASE_NEEDS)[s.ph]
 
 
 def text_chars(texts: list[str], length: int | None = None) -> np.ndarray:
