@@ -180,7 +180,7 @@ def _accept_grid(states: g.GrammarState, chars_CL: jax.Array) -> jax.Array:
 
     def one(s, chars):
         end = g.run_chars(s, chars)
-        ok = (end.bad == 0) & (end.vbad == 0)
+        ok = (end.bad == 0) & (end.vbad == s.vbad)
         return jnp.where(ok, 1 + g.distance(end) - g.distance(s), -1)
 
     return jax.vmap(lambda s: jax.vmap(lambda c: one(s, c))(chars_CL))(states)
@@ -271,7 +271,8 @@ def allowed_mask(
     With `remaining` (tokens left, this one included), a token must also leave room to finish:
     the tokens that suffice to complete after it (g.distance) plus EOS must fit in what is left,
     unless it lowers that distance (so a row running out of length closes its rings and branches
-    instead of being cut off)."""
+    instead of being cut off); where no token meets this, the budget is ignored. EOS is allowed
+    where the SMILES is complete, and where no other token is (a dead row)."""
     batch, vocab = state_B.ph.shape[0], tables.chars_VL.shape[0]
     depth_B1 = state_B.depth[:, None]
     cls_B = state_class(state_B)
@@ -283,7 +284,7 @@ def allowed_mask(
 
     def ring_run(s, chars):
         end = g.run_chars(s, chars)
-        return (end.bad == 0) & (end.vbad == 0), g.distance(end)
+        return (end.bad == 0) & (end.vbad == s.vbad), g.distance(end)
 
     # Each distinct text once, grouped by length (a one-character token is a one-step run).
     runs = [
@@ -295,16 +296,21 @@ def allowed_mask(
         [r[1] for r in runs] or [jnp.zeros((batch, 0), jnp.int32)], axis=1
     )
     ring_BR, ring_dist_BR = ring_BR[:, tables.ring_pos], ring_dist_BR[:, tables.ring_pos]
-    if remaining is not None:
+    mask = _scatter(tables, batch, vocab, plain_BC, ring_BR) & (state_B.bad == 0)[:, None]
+    if remaining is not None:  # the length budget binds only where some token still fits it
         plain_dist_BC = dist_B1 + tables.delta_SC[cls_B]
-        plain_BC &= (plain_dist_BC + 1 < remaining) | (plain_dist_BC < dist_B1)
-        ring_BR &= (ring_dist_BR + 1 < remaining) | (ring_dist_BR < dist_B1)
-    mask = jnp.zeros((batch, vocab), bool)
-    mask = mask.at[:, tables.cand_ids].set(plain_BC).at[:, tables.ring_ids].set(ring_BR)
-    mask &= (state_B.bad == 0)[:, None]
+        plain_fits = (plain_dist_BC + 1 < remaining) | (plain_dist_BC < dist_B1)
+        ring_fits = (ring_dist_BR + 1 < remaining) | (ring_dist_BR < dist_B1)
+        fits = _scatter(tables, batch, vocab, plain_BC & plain_fits, ring_BR & ring_fits) & mask
+        mask = jnp.where(jnp.any(fits, axis=-1, keepdims=True), fits, mask)
     done_B = g.complete(state_B)
     stuck_B = ~jnp.any(mask, axis=-1)
     return mask.at[:, tables.eos_ids].set((done_B | stuck_B)[:, None])
+
+
+def _scatter(tables: GrammarTables, batch: int, vocab: int, plain_BC, ring_BR) -> jax.Array:
+    mask = jnp.zeros((batch, vocab), bool)
+    return mask.at[:, tables.cand_ids].set(plain_BC).at[:, tables.ring_ids].set(ring_BR)
 
 
 def advance(tables: GrammarTables, state_B: g.GrammarState, token_B: jax.Array) -> g.GrammarState:

@@ -5,7 +5,7 @@ class of the last character: start, after an atom, after a bond, after '(', insi
 after '%', ...), the branch depth with a stack of the branch-point atoms, the open ring-closure
 labels (0-9 and %10-%99) with the atom that opened each, and the valence used and allowed of the
 current atom (organic subset from RDKit's valence lists; bracket atoms from their element, charge
-and explicit H). A syntax error sets `bad` (the row is dead); a valence excess sets `vbad` (the
+and explicit H). A syntax error sets `bad` (the row is dead); a valence excess adds to `vbad` (the
 mask treats it as forbidden, the state update only records it). Ring closures that RDKit rejects
 (a label closed on the atom that opened it, on that atom's neighbour, or twice between the same two
 atoms) are syntax errors. `complete(state)` says whether the text so far is a whole SMILES.
@@ -40,9 +40,9 @@ PHASES = (
 (B_CHGD, B_CLS, B_CLSD, B_ISO2, B_ISO3, B_CLSD2) = range(23, 29)
 BRACKET_PHASES = tuple(range(B_OPEN, B_CLSD2 + 1))
 # Tokens that always suffice to finish what the phase started (an atom after a bond or '(',
-# ']' and at most a symbol inside a bracket atom, the digits after '%' and the ring they open,
-# two atoms and three characters).
-PHASE_NEEDS = np.array([1, 1, 0, 0, 0, 1, 1, 1, 1, 1, 1, 7, 6, 2, 2, 2, 1, 1, 1, 1, 1, 1, 1, 1, 2])
+# ']' and at most a symbol inside a bracket atom, the digits after '%'; `distance` adds the ring
+# they open when no open label can close).
+PHASE_NEEDS = np.array([1, 1, 0, 0, 0, 1, 1, 1, 1, 1, 1, 2, 1, 2, 2, 2, 1, 1, 1, 1, 1, 1, 1, 1, 2])
 PHASE_NEEDS = np.concatenate([PHASE_NEEDS, [1, 2, 2, 1]])
 PARTNERS = 6  # ring partners remembered per atom (duplicate ring bonds are checked against them)
 
@@ -52,7 +52,7 @@ class GrammarState(NamedTuple):
 
     ph: jax.Array
     bad: jax.Array
-    vbad: jax.Array
+    vbad: jax.Array  # valence excesses so far (a token is allowed only if it adds none)
     depth: jax.Array
     natoms: jax.Array
     cur_id: jax.Array
@@ -260,7 +260,8 @@ def char_step(s: GrammarState, ch) -> GrammarState:
     ok = ok | (c == 0)
     depth_cap = s.st_id.shape[0]
     bad = (s.bad > 0) | ~ok | dup | (e_push & (s.depth >= depth_cap))
-    vbad = (s.vbad > 0) | atom_vfail | lbr_vfail | ring_vfail | ext_vfail
+    vfail = atom_vfail | lbr_vfail | ring_vfail | ext_vfail
+    vbad = s.vbad + vfail.astype(jnp.int32)
 
     next_ph = jnp.select(
         [e_ext_b | e_ext_c | e_ring | e_pop | e_rbr, e_org, e_lbr, e_bond, e_obond, e_bs2, e_pct],
@@ -382,9 +383,16 @@ def distance(s: GrammarState) -> jax.Array:
     """Tokens that always suffice to complete the SMILES (EOS not counted): per open ring label two
     atoms (the closure may not be on the opener's neighbour) and its digit(s) ('%nn' takes three),
     one per open branch, and what the phase needs."""
-    cost = jnp.where(jnp.arange(s.opener.shape[-1]) >= 10, 5, 3)
-    open_cost = jnp.sum(jnp.where(s.opener >= 0, cost, 0), axis=-1)
-    return open_cost + s.depth + jnp.asarray(PHASE_NEEDS)[s.ph]
+    labels = jnp.arange(s.opener.shape[-1])
+    is_open = s.opener >= 0
+    open_cost = jnp.sum(jnp.where(is_open, jnp.where(labels >= 10, 5, 3), 0), axis=-1)
+    # '%' and '%n' are part of closing an open %nn label (its cost counted the three characters)
+    # when one can be closed, else they open a new one (two atoms and '%nn' more)
+    pct_can_close = jnp.any(is_open & (labels >= 10), axis=-1)
+    pct1_can_close = jnp.any(is_open & (labels // 10 == s.pct[..., None]) & (labels >= 10), axis=-1)
+    pct_part = jnp.where(s.ph == PCT, jnp.where(pct_can_close, -3, 5), 0)
+    pct_part += jnp.where(s.ph == PCT1, jnp.where(pct1_can_close, -3, 5), 0)
+    return open_cost + s.depth + jnp.asarray(PHASE_NEEDS)[s.ph] + pct_part
 
 
 def text_chars(texts: list[str], length: int | None = None) -> np.ndarray:
