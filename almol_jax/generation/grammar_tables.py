@@ -5,14 +5,13 @@ decode step, on device.
 pieces with their '▁' and <0xNN> byte pieces, or byte-level BPE pieces), keeps the tokens whose
 text can occur in a SMILES (the candidates), and precomputes, for every compact state class
 (phase, first bracket letter or charge sign, pending bond order, remaining valence of the atom a
-new bond would attach to, clipped to 7) and every candidate without a digit or '%', whether the
-automaton (smiles_grammar.py) accepts the token's characters from that class. Tokens with a
-digit or '%' (ring closures, isotopes, H counts, charges) depend on the open ring labels, so the
-mask runs the automaton over their characters for every row instead (few tokens: ten digits for a
-SentencePiece vocabulary with split digits). Tables are only as exact as the class: after a ')'
-the branch point's valence and, inside a bracket atom, its element are not in the class, so there
-the mask may allow a bond the valence forbids (counted in the state's `vbad`, never a syntax
-error).
+new bond would attach to, clipped to 7) and every candidate, whether the automaton
+(smiles_grammar.py) accepts the token's characters from that class. Tokens whose effect depends on
+what the class lacks (ring digits and '%': the open labels; ')': the branch point's valence;
+characters after ']': the bracket atom's valence) are run through the automaton for every row
+instead (a few dozen in a SentencePiece vocabulary with split digits). Inside a bracket atom the
+class does not know the element, so a token ending in ']' may give an atom fewer bonds than it
+already has (recorded in `vbad`, never a syntax error).
 
 `allowed_mask(tables, state_B)` -> bool [B, V]: a table row per row, the depth checks, the ring
 tokens' runs, and EOS only where the SMILES is complete (or where nothing else is allowed).
@@ -37,6 +36,7 @@ MAX_DEPTH = 32  # branch depth the decoder supports (ChEBI-20 test SMILES reach 
 RING_LABELS = 100  # 0-9 and %10-%99
 REM_CLASSES = 8  # remaining valence 0..6, 7 = 7 or more / unconstrained
 PENDING_BONDS = 5  # pending bond order 0..4
+REJECTED = -(1 << 20)  # `_accept_grid` of a token the automaton rejects
 _TABLE_DEPTH = 8  # the representative states' branch depth (their stack holds 16)
 SMILES_CHARS = frozenset("ABCDEFGHIKLMNOPRSTUVWXYZabcdefghiklmnoprstuyz0123456789()[]=#$:/\\%+-.@*")
 
@@ -46,7 +46,7 @@ class GrammarTables(NamedTuple):
 
     chars_VL: jax.Array  # int32: every token's characters (0 = none; non-candidates are all 0)
     lengths_V: jax.Array  # int32: characters per token (0 for non-candidates)
-    cand_ids: jax.Array  # int32 [C]: candidates without digit or '%'
+    cand_ids: jax.Array  # int32 [C]: candidates the table answers for
     table_SC: jax.Array  # bool [S, C]: accepted from each state class
     delta_SC: jax.Array  # int32 [S, C]: change of the completion distance (g.distance)
     need_pop_C: jax.Array  # int32 [C]: ')' beyond the token's own '(' (branch depth needed)
@@ -99,6 +99,12 @@ def is_candidate(text: str | None) -> bool:
         return False
     body = text[1:] if text[0] == " " else text
     return bool(body) and all(c in SMILES_CHARS for c in body) or text == " "
+
+
+def _run_exactly(text: str) -> bool:
+    """Tokens the mask runs per row: ring digits and '%' (open labels), ')' (the branch point's
+    valence) and characters after ']' (the bracket atom's valence): facts the classes lack."""
+    return any(c.isdigit() or c in "%)" for c in text) or "]" in text[:-1]
 
 
 def _depth_needs(text: str) -> tuple[int, int]:
@@ -175,13 +181,13 @@ def _representatives() -> g.GrammarState:
 
 @jax.jit
 def _accept_grid(states: g.GrammarState, chars_CL: jax.Array) -> jax.Array:
-    """int32 [S, C]: -1 where token c's characters are rejected (syntax or valence) from state s,
-    else 1 + the change of the completion distance (tokens without digits keep the ring labels)."""
+    """int32 [S, C]: REJECTED where token c's characters are rejected (syntax or valence) from
+    state s, else the change of the completion distance (these tokens keep the ring labels)."""
 
     def one(s, chars):
         end = g.run_chars(s, chars)
         ok = (end.bad == 0) & (end.vbad == s.vbad)
-        return jnp.where(ok, 1 + g.distance(end) - g.distance(s), -1)
+        return jnp.where(ok, g.distance(end) - g.distance(s), REJECTED)
 
     return jax.vmap(lambda s: jax.vmap(lambda c: one(s, c))(chars_CL))(states)
 
@@ -203,11 +209,11 @@ def tables_from_texts(
     longest = max(len(texts[i]) for i in cands)
     chars_VL = np.zeros((len(texts), longest), np.int32)
     chars_VL[cands] = g.text_chars([texts[i] for i in cands], longest)
-    ring = [i for i in cands if any(c.isdigit() or c in "%)" for c in texts[i])]
+    ring = [i for i in cands if _run_exactly(texts[i])]
     plain = [i for i in cands if i not in set(ring)]
     ring = ring or [cands[0]]  # at least one (an exact run of a token the table has is harmless)
     grid = _accept_table(_representatives(), [texts[i] for i in plain], chunk)
-    accepted = grid >= 0
+    accepted = grid != REJECTED
     needs = np.asarray([_depth_needs(texts[i]) for i in plain] or np.zeros((0, 2)), np.int32)
     distinct = sorted({texts[i] for i in ring}, key=lambda t: (len(t), t))
     by_len: dict[int, list[str]] = {}
@@ -220,7 +226,7 @@ def tables_from_texts(
         lengths_V=jnp.asarray([len(t) if i in set(cands) else 0 for i, t in enumerate(texts)]),
         cand_ids=jnp.asarray(plain, jnp.int32),
         table_SC=jnp.asarray(accepted),
-        delta_SC=jnp.asarray(np.where(accepted, grid - 1, 0), jnp.int32),
+        delta_SC=jnp.asarray(np.where(accepted, grid, 0), jnp.int32),
         need_pop_C=jnp.asarray(needs[:, 0].reshape(-1), jnp.int32),
         max_push_C=jnp.asarray(needs[:, 1].reshape(-1), jnp.int32),
         ring_ids=jnp.asarray(ring, jnp.int32),
@@ -235,9 +241,9 @@ def tables_from_texts(
 def _accept_table(reps: g.GrammarState, texts: list[str], chunk: int) -> np.ndarray:
     """`_accept_grid` for every class; tokens no class accepts with an unconstrained valence are
     skipped first."""
-    out = np.full((class_count(), len(texts)), -1, np.int32)
+    out = np.full((class_count(), len(texts)), REJECTED, np.int32)
     loose = jax.tree.map(lambda x: x[REM_CLASSES - 1 :: REM_CLASSES], reps)
-    alive = np.nonzero((_grid(loose, texts, chunk) >= 0).any(axis=0))[0]
+    alive = np.nonzero((_grid(loose, texts, chunk) != REJECTED).any(axis=0))[0]
     out[:, alive] = _grid(reps, [texts[i] for i in alive], chunk)
     return out
 
@@ -302,7 +308,8 @@ def allowed_mask(
         plain_fits = (plain_dist_BC + 1 < remaining) | (plain_dist_BC < dist_B1)
         ring_fits = (ring_dist_BR + 1 < remaining) | (ring_dist_BR < dist_B1)
         fits = _scatter(tables, batch, vocab, plain_BC & plain_fits, ring_BR & ring_fits) & mask
-        mask = jnp.where(jnp.any(fits, axis=-1, keepdims=True), fits, mask)
+        binds_B1 = jnp.any(fits, axis=-1, keepdims=True) | g.complete(state_B)[:, None]
+        mask = jnp.where(binds_B1, fits, mask)  # EOS fits wherever the SMILES is complete
     done_B = g.complete(state_B)
     stuck_B = ~jnp.any(mask, axis=-1)
     return mask.at[:, tables.eos_ids].set((done_B | stuck_B)[:, None])

@@ -73,6 +73,7 @@ class GrammarState(NamedTuple):
     st_max: jax.Array
     st_partners: jax.Array
     opener: jax.Array
+    opener_par: jax.Array  # [R]: the parent of each label's opener (a child of the current atom)
 
 
 def initial_state(depth: int = 32, labels: int = 100) -> GrammarState:
@@ -90,6 +91,7 @@ def initial_state(depth: int = 32, labels: int = 100) -> GrammarState:
         st_max=jnp.full((depth,), UNCONSTRAINED, jnp.int32),
         st_partners=jnp.full((depth, PARTNERS), -1, jnp.int32),
         opener=jnp.full((labels,), -1, jnp.int32),
+        opener_par=jnp.full((labels,), -1, jnp.int32),
     )
 
 
@@ -117,18 +119,20 @@ def _sync_top(s: GrammarState, add):
 
 def _ring(s: GrammarState, label, on):
     """A ring-closure digit on the current atom: opens `label`, or closes it (checking RDKit's
-    duplicate-bond rules). Returns (opener, partners, bond order added, dup, valence_fail)."""
+    duplicate-bond rules). Returns (opener, opener_par, partners, bond order, dup, valence_fail)."""
     label = jnp.clip(label, 0, s.opener.shape[0] - 1)
     b = jnp.where(on, jnp.where(s.pb > 0, s.pb, 1), 0)
     vfail = on & (s.cur_max - s.cur_used < b)
     o = s.opener[label]
     closing = on & (o >= 0)
-    dup = closing & ((o == s.cur_id) | (o == s.cur_par) | jnp.any(s.partners == o))
+    child = s.opener_par[label] == s.cur_id  # the opener is bonded to this atom as its child
+    dup = closing & ((o == s.cur_id) | (o == s.cur_par) | jnp.any(s.partners == o) | child)
     new_o = jnp.where(on, jnp.where(closing, -1, s.cur_id), o)
     opener = s.opener.at[label].set(new_o)
+    opener_par = s.opener_par.at[label].set(jnp.where(on, s.cur_par, s.opener_par[label]))
     free = jnp.argmax(s.partners < 0)
     partners = s.partners.at[free].set(jnp.where(closing, o, s.partners[free]))
-    return opener, partners, b, dup, vfail
+    return opener, opener_par, partners, b, dup, vfail
 
 
 def _bracket_events(s: GrammarState, c, t) -> dict:
@@ -247,7 +251,7 @@ def char_step(s: GrammarState, ch) -> GrammarState:
 
     e_ring = e_digit | e_pct2
     label = jnp.where(e_pct2, 10 * s.pct + d, d)
-    opener, ring_partners, ring_b, dup, ring_vfail = _ring(s, label, e_ring)
+    opener, opener_par, ring_partners, ring_b, dup, ring_vfail = _ring(s, label, e_ring)
     ring_used = s.cur_used + ring_b
     st_used = _sync_top(s, jnp.where(e_atom, b, 0) + ring_b)
 
@@ -259,7 +263,12 @@ def char_step(s: GrammarState, ch) -> GrammarState:
     ok = ok | e_chir2 | e_h | e_hd | e_sign | e_sign2 | e_chgd | e_cls | e_clsd | e_clsd2
     ok = ok | (c == 0)
     depth_cap = s.st_id.shape[0]
-    bad = (s.bad > 0) | ~ok | dup | (e_push & (s.depth >= depth_cap))
+    # '%' and '%n' only where some label they lead to can still be opened or closed here
+    o, labels = s.opener, jnp.arange(s.opener.shape[0])
+    usable = (o < 0) | ((o != s.cur_id) & (o != s.cur_par) & ~jnp.any(o[:, None] == s.partners, 1))
+    usable &= labels >= 10
+    pct_dead = (e_pct & ~jnp.any(usable)) | (e_pct1 & ~jnp.any(usable & (labels // 10 == d)))
+    bad = (s.bad > 0) | ~ok | dup | (e_push & (s.depth >= depth_cap)) | pct_dead
     vfail = atom_vfail | lbr_vfail | ring_vfail | ext_vfail
     vbad = s.vbad + vfail.astype(jnp.int32)
 
@@ -276,7 +285,9 @@ def char_step(s: GrammarState, ch) -> GrammarState:
         ],
         default=ph,
     )
-    iso_next = jnp.where(ph == B_OPEN, B_ISO, jnp.where(ph == B_ISO, B_ISO2, B_ISO3))
+    # an isotope is 0 or starts with 1-9 ('[00Br]' does not parse)
+    iso_first = jnp.where(d == 0, B_ISO3, B_ISO)
+    iso_next = jnp.where(ph == B_OPEN, iso_first, jnp.where(ph == B_ISO, B_ISO2, B_ISO3))
     next_ph = jnp.select(
         [e_pct1, e_push, e_dot, e_space, e_iso, e_sym1, e_star | e_sym2, e_chir1, e_chir2, e_h],
         [PCT1, OPEN, DOT, START_SP, iso_next, B_SYM1, B_SYM, B_CHIR1, B_CHIR2, B_H],
@@ -360,6 +371,7 @@ def _apply(s: GrammarState, v: dict) -> GrammarState:
         st_max=st_max,
         st_partners=st_partners,
         opener=v["opener"],
+        opener_par=v["opener_par"],
     )
 
 
