@@ -193,6 +193,18 @@ def _bracket_events(s: GrammarState, c, t) -> dict:
     )
 
 
+_BRACKET_MOVES = "e_iso e_sym1 e_star e_sym2 e_chir1 e_chir2 e_h e_hd e_sign e_sign2 e_chgd".split()
+_BRACKET_MOVES += ["e_cls", "e_clsd", "e_clsd2"]  # the events inside brackets besides ']'
+
+
+def _pct_dead(s: GrammarState, e_pct, e_pct1, d):
+    """'%' and '%n' only where some label they lead to can still be opened or closed here."""
+    o, labels = s.opener, jnp.arange(s.opener.shape[0])
+    usable = (o < 0) | ((o != s.cur_id) & (o != s.cur_par) & ~jnp.any(o[:, None] == s.partners, 1))
+    usable &= labels >= 10
+    return (e_pct & ~jnp.any(usable)) | (e_pct1 & ~jnp.any(usable & (labels // 10 == d)))
+
+
 def char_step(s: GrammarState, ch) -> GrammarState:
     """The state after reading ASCII character `ch` (0 = no-op)."""
     t = element_tables()
@@ -201,9 +213,7 @@ def char_step(s: GrammarState, ch) -> GrammarState:
     digit = (c >= ord("0")) & (c <= ord("9"))
     d = c - ord("0")
     upper = (c >= ord("A")) & (c <= ord("Z"))
-    lower = (c >= ord("a")) & (c <= ord("z"))
-    letter = jnp.where(upper, c - ord("A"), 26 + c - ord("a"))
-    letter = jnp.clip(letter, 0, LETTERS - 1)
+    letter = jnp.clip(jnp.where(upper, c - ord("A"), 26 + c - ord("a")), 0, LETTERS - 1)
     order = jnp.asarray(t["bond_order"])[c]
     org_z = jnp.asarray(t["organic_z"])[c]
 
@@ -259,15 +269,10 @@ def char_step(s: GrammarState, ch) -> GrammarState:
     ext_vfail = (e_ext_b | e_ext_c) & (s.cur_used > ext_max)
 
     ok = e_ext_b | e_ext_c | e_atom | e_lbr | e_bond | e_obond | e_bs2 | e_ring | e_pct | e_pct1
-    ok = ok | e_push | e_pop | e_dot | e_space | e_iso | e_sym1 | e_star | e_sym2 | e_chir1
-    ok = ok | e_chir2 | e_h | e_hd | e_sign | e_sign2 | e_chgd | e_cls | e_clsd | e_clsd2
-    ok = ok | (c == 0)
+    in_bracket = jnp.any(jnp.stack([ev[k] for k in _BRACKET_MOVES]), axis=0)
+    ok |= e_push | e_pop | e_dot | e_space | in_bracket | (c == 0)
     depth_cap = s.st_id.shape[0]
-    # '%' and '%n' only where some label they lead to can still be opened or closed here
-    o, labels = s.opener, jnp.arange(s.opener.shape[0])
-    usable = (o < 0) | ((o != s.cur_id) & (o != s.cur_par) & ~jnp.any(o[:, None] == s.partners, 1))
-    usable &= labels >= 10
-    pct_dead = (e_pct & ~jnp.any(usable)) | (e_pct1 & ~jnp.any(usable & (labels // 10 == d)))
+    pct_dead = _pct_dead(s, e_pct, e_pct1, d)
     bad = (s.bad > 0) | ~ok | dup | (e_push & (s.depth >= depth_cap)) | pct_dead
     vfail = atom_vfail | lbr_vfail | ring_vfail | ext_vfail
     vbad = s.vbad + vfail.astype(jnp.int32)
