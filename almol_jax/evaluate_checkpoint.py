@@ -134,7 +134,7 @@ def evaluate_checkpoint(
             raise ConfigError(f"split {split!r} has no {direction} rows")
         prompts = [format_prompt(cfg.data.templates, direction, ex.source) for ex in rows]
         outputs, gen_seconds = decoding.texts(direction, prompts, progress)
-        extra = dict(about, rows=len(rows), generation=decoding.record(gen_seconds))
+        extra = dict(about, rows=len(rows), generation=decoding.record(direction, gen_seconds))
         out_dir = out_root / direction
         results[direction] = _score_direction(
             out_dir, direction, rows, outputs, options, extra, plots=plots
@@ -169,7 +169,7 @@ class _Decoding:
             self.model,
             self.tokenizer,
             prompts,
-            self.settings,
+            self.settings.for_direction(direction),
             key=self.key,
             adapters=self.adapters,
             add_bos=self.add_bos,
@@ -181,10 +181,11 @@ class _Decoding:
             bar.close()
         return outputs, time.perf_counter() - start
 
-    def record(self, seconds: float) -> dict[str, Any]:
+    def record(self, direction: str, seconds: float) -> dict[str, Any]:
         """The report's "generation" entry."""
         return {
             "method": self.settings.method,
+            "smiles_grammar": self.settings.for_direction(direction).smiles_grammar,
             "max_new_tokens": self.settings.max_new_tokens,
             "seconds": seconds,
             "mesh": None if self.mesh is None else dict(self.mesh.shape),

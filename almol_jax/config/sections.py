@@ -231,6 +231,11 @@ class GenerationSection:
     top_k: int = _f(0, "Sample from the k most likely tokens; 0 = no limit.")
     top_p: float = _f(1.0, "Nucleus sampling mass; 1 = no limit.")
     num_beams: int = _f(1, "Beam width; 1 = greedy.")
+    smiles_grammar: Literal["on", "off"] = _f(
+        "off",
+        "caption2smiles only: mask every token that would break the SMILES grammar, so each output "
+        "parses (docs/generation.md); off = the paper's unconstrained decoding.",
+    )
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from almol_jax.generation import grammar_tables
 from almol_jax.generation.kv_steps import (
     eos_ids_of,
     first_eos_lengths,
@@ -58,7 +59,9 @@ def _take_beams(x_BW_, idx_BK):
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "settings", "eos_ids", "pad_id"))
-def _beam_jit(graphdef, states, input_ids_BP, attention_mask_BP, *, settings, eos_ids, pad_id):
+def _beam_jit(
+    graphdef, states, input_ids_BP, attention_mask_BP, grammar, *, settings, eos_ids, pad_id
+):
     model = nnx.merge(graphdef, *states)
     batch, prompt_len = input_ids_BP.shape
     width, max_new = settings.num_beams, settings.max_new_tokens
@@ -80,11 +83,16 @@ def _beam_jit(graphdef, states, input_ids_BP, attention_mask_BP, *, settings, eo
     finished_BW = jnp.zeros((batch, width), bool)
     unsatisfied_B1 = jnp.ones((batch, 1), bool)
     go = jnp.bool_(True)
+    # With the SMILES grammar on, the carry also holds each running beam's automaton state.
+    constrained = settings.smiles_grammar
 
     def body(carry):
         t, go, logits_RV, cache, running_BWN, running_scores_BW = carry[:6]
-        seqs_BWN, scores_BW, finished_BW, unsatisfied_B1 = carry[6:]
-        logp_BWV = jax.nn.log_softmax(logits_RV, axis=-1).reshape(batch, width, vocab)
+        seqs_BWN, scores_BW, finished_BW, unsatisfied_B1 = carry[6:10]
+        logp_RV = jax.nn.log_softmax(logits_RV, axis=-1)
+        if constrained:  # HF applies logits processors to the log-probs in beam search
+            logp_RV = grammar_tables.mask_logits(grammar, carry[10], logp_RV, max_new - t)
+        logp_BWV = logp_RV.reshape(batch, width, vocab)
         logp_BX = (logp_BWV + running_scores_BW[:, :, None]).reshape(batch, width * vocab)
         topk_logp_BK, topk_idx_BK = jax.lax.top_k(logp_BX, keep)
         parent_BK = topk_idx_BK // vocab
@@ -129,18 +137,19 @@ def _beam_jit(graphdef, states, input_ids_BP, attention_mask_BP, *, settings, eo
         cache = gather_cache_rows(cache, parent_rows_R, batch * width)
         token_R = running_BWN[:, :, t].reshape(-1)
         logits_RV, cache = step(model, token_R, lengths_R + t, cache)
-        return (t + 1, go, logits_RV, cache, running_BWN, running_scores_BW) + (
-            seqs_BWN,
-            scores_BW,
-            finished_BW,
-            unsatisfied_B1,
-        )
+        out = (t + 1, go, logits_RV, cache, running_BWN, running_scores_BW)
+        out += (seqs_BWN, scores_BW, finished_BW, unsatisfied_B1)
+        if constrained:
+            parents = jax.tree.map(lambda x: x[parent_rows_R], carry[10])
+            out += (grammar_tables.advance(grammar, parents, token_R),)
+        return out
 
     def cond(carry):
         return (carry[0] < max_new) & carry[1]
 
     carry = (jnp.int32(0), go, logits_RV, cache, running_BWN, running_scores_BW)
     carry += (seqs_BWN, scores_BW, finished_BW, unsatisfied_B1)
+    carry += (grammar_tables.initial_states(batch * width),) if constrained else ()
     carry = jax.lax.while_loop(cond, body, carry)
     best_BN = carry[6][:, 0, :]
     lengths_B = first_eos_lengths(best_BN, eos_ids)
@@ -157,13 +166,17 @@ def beam_search(
     adapters: bool = True,
     split=None,
     eos_ids: tuple[int, ...] | None = None,
+    grammar: grammar_tables.GrammarTables | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Beam search over left-padded prompts.
+    """Beam search over left-padded prompts (`grammar`: the SMILES grammar tables when
+    `settings.smiles_grammar`, as in decode_tokens).
 
     Returns (best tokens `[B, N]` int32 padded after EOS, lengths `[B]`, scores `[B]` float32:
     the sum of log-probs divided by length ** length_penalty, as HF's `sequences_scores`).
     """
     settings = settings.validate()
+    if settings.smiles_grammar and grammar is None:
+        raise ValueError("smiles_grammar=True needs the grammar tables (grammar=build_tables(...))")
     input_ids_BP = jnp.asarray(input_ids_BP, dtype=jnp.int32)
     attention_mask_BP = jnp.asarray(attention_mask_BP, dtype=jnp.int32)
     if input_ids_BP.shape != attention_mask_BP.shape:
@@ -175,6 +188,7 @@ def beam_search(
         states,
         input_ids_BP,
         attention_mask_BP,
+        grammar if settings.smiles_grammar else None,
         settings=static,
         eos_ids=tuple(eos_ids) if eos_ids is not None else eos_ids_of(model.config),
         pad_id=pad_id_of(model.config),

@@ -19,6 +19,7 @@ import numpy as np
 from flax import nnx
 
 from almol_jax.cpu import runtime
+from almol_jax.generation import grammar_tables
 from almol_jax.generation.beam import beam_search
 from almol_jax.generation.kv_steps import (
     eos_ids_of,
@@ -43,7 +44,9 @@ def _decode_program():
     return jax.jit(_decode, static_argnames=_STATIC, compiler_options=options)
 
 
-def _decode(graphdef, states, input_ids_BP, attention_mask_BP, key, *, settings, eos_ids, pad_id):
+def _decode(
+    graphdef, states, input_ids_BP, attention_mask_BP, key, grammar, *, settings, eos_ids, pad_id
+):
     model = nnx.merge(graphdef, *states)
     batch, prompt_len = input_ids_BP.shape
     max_new = settings.max_new_tokens
@@ -54,22 +57,29 @@ def _decode(graphdef, states, input_ids_BP, attention_mask_BP, key, *, settings,
     tokens_BN = jnp.full((batch, max_new), pad_id, dtype=jnp.int32)
     done_B = jnp.zeros((batch,), dtype=bool)
 
+    # With the SMILES grammar on, the carry also holds each row's automaton state (last item).
+    constrained = settings.smiles_grammar
+
     def cond(carry):
-        t, _, done_B, _, _ = carry
+        t, done_B = carry[0], carry[2]
         return (t < max_new) & ~jnp.all(done_B)
 
     def body(carry):
-        t, tokens_BN, done_B, cache, logits_BV = carry
+        t, tokens_BN, done_B, cache, logits_BV = carry[:5]
+        if constrained:
+            logits_BV = grammar_tables.mask_logits(grammar, carry[5], logits_BV, max_new - t)
         step_key = None if key is None else jax.random.fold_in(key, t)
         token_B = select_next_token(logits_BV, step_key, settings)
         token_B = jnp.where(done_B, pad_id, token_B)
         tokens_BN = jax.lax.dynamic_update_slice(tokens_BN, token_B[:, None], (0, t))
         done_B = done_B | jnp.isin(token_B, eos_arr)
         logits_BV, cache = step(model, token_B, lengths_B + t, cache)
-        return t + 1, tokens_BN, done_B, cache, logits_BV
+        out = (t + 1, tokens_BN, done_B, cache, logits_BV)
+        return out + ((grammar_tables.advance(grammar, carry[5], token_B),) if constrained else ())
 
     carry = (jnp.int32(0), tokens_BN, done_B, cache, logits_BV)
-    _, tokens_BN, _, _, _ = jax.lax.while_loop(cond, body, carry)
+    carry += (grammar_tables.initial_states(batch),) if constrained else ()
+    tokens_BN = jax.lax.while_loop(cond, body, carry)[1]
     return tokens_BN, first_eos_lengths(tokens_BN, eos_ids)
 
 
@@ -86,15 +96,20 @@ def decode_tokens(
     adapters: bool = True,
     split: tuple[Any, tuple[Any, ...]] | None = None,
     eos_ids: tuple[int, ...] | None = None,
+    grammar: grammar_tables.GrammarTables | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Decodes left-padded prompts; returns (tokens `[B, N]` int32, lengths `[B]` int32).
 
     `tokens[b, :lengths[b]]` is row b's output (EOS included when it stopped on one); positions
     after it hold the pad id. `key` is required for sampling (explicit PRNG, no default seed).
     Pass `split=split_model(model, adapters=...)` to reuse one split across many batches;
-    `eos_ids` overrides the model config's EOS id(s).
+    `eos_ids` overrides the model config's EOS id(s). With `settings.smiles_grammar`, `grammar`
+    (grammar_tables.build_tables of the tokenizer) masks every token that breaks the SMILES grammar.
     """
     settings = settings.validate()
+    if settings.smiles_grammar and grammar is None:
+        raise ValueError("smiles_grammar=True needs the grammar tables (grammar=build_tables(...))")
+    grammar = grammar if settings.smiles_grammar else None
     if settings.method == "beam":
         tokens_BN, lengths_B, _ = beam_search(
             model,
@@ -104,6 +119,7 @@ def decode_tokens(
             adapters=adapters,
             split=split,
             eos_ids=eos_ids,
+            grammar=grammar,
         )
         return tokens_BN, lengths_B
     if settings.method == "sample" and key is None:
@@ -121,6 +137,7 @@ def decode_tokens(
         input_ids_BP,
         attention_mask_BP,
         key,
+        grammar,
         settings=_static_part(settings),
         eos_ids=tuple(eos_ids) if eos_ids is not None else eos_ids_of(model.config),
         pad_id=pad_id_of(model.config),

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 
+from almol_jax.directions import DIRECTIONS
+
+SMILES_DIRECTION = DIRECTIONS[1]  # caption2smiles: the direction whose outputs are SMILES
 METHODS = ("greedy", "sample", "beam")
 
 
@@ -30,6 +33,8 @@ class DecodeSettings:
     num_beams: int = 4
     length_penalty: float = 1.0
     early_stopping: bool = False
+    # Mask tokens that would break the SMILES grammar (caption2smiles; generation/grammar_tables.py).
+    smiles_grammar: bool = False
     # Rows per compiled batch (padded with dummy rows; must divide by the mesh's batch shards).
     batch_size: int = 8
     # Prompts are left-padded to the smallest bucket that holds them (static shapes, few compiles).
@@ -55,6 +60,12 @@ class DecodeSettings:
             raise ValueError(f"prompt_buckets={self.prompt_buckets} must be positive lengths")
         if tuple(sorted(self.prompt_buckets)) != tuple(self.prompt_buckets):
             raise ValueError(f"prompt_buckets={self.prompt_buckets} must be increasing")
+        return self
+
+    def for_direction(self, direction: str) -> DecodeSettings:
+        """These settings for one direction: the SMILES grammar applies to caption2smiles only."""
+        if self.smiles_grammar and direction != SMILES_DIRECTION:
+            return self.replace(smiles_grammar=False)
         return self
 
     def replace(self, **changes) -> DecodeSettings:

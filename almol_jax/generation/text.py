@@ -94,11 +94,13 @@ def generate_token_ids(
     mesh=None,
     rules=None,
     on_batch: Callable[[int, int], None] | None = None,
+    grammar=None,
 ) -> list[list[int]]:
     """Decodes already-encoded prompts (each BOS + tokens); returns output ids without EOS.
 
     `eos_ids` defaults to the model config's EOS. With sampling, batch n uses
     `fold_in(key, n)`, so a run is reproducible for a given key, prompts and settings.
+    `grammar`: the SMILES grammar tables, needed when `settings.smiles_grammar`.
     """
     settings = settings.validate()
     config = model.config
@@ -126,7 +128,14 @@ def generate_token_ids(
             ids_BP, mask_BP = jax.device_put(ids_BP, sharding), jax.device_put(mask_BP, sharding)
         batch_key = None if key is None else jax.random.fold_in(key, n)
         tokens_BN, lengths_B = decode_tokens(
-            model, ids_BP, mask_BP, settings=settings, key=batch_key, split=split, eos_ids=eos_ids
+            model,
+            ids_BP,
+            mask_BP,
+            settings=settings,
+            key=batch_key,
+            split=split,
+            eos_ids=eos_ids,
+            grammar=grammar,
         )
         for row, i in enumerate(idx):
             outputs[i] = strip_output(tokens_BN[row], int(lengths_B[row]), eos_ids)
@@ -151,6 +160,8 @@ def generate_texts(
     """Generates one output string per prompt (see the module docstring).
 
     Rows stop at the model config's EOS or the tokenizer's EOS (the one training appends).
+    With `settings.smiles_grammar` every output follows the SMILES grammar (the tables are built
+    from the tokenizer's vocabulary first, a few seconds).
     """
     settings = settings.validate()
     prompt_ids = encode_prompts(
@@ -159,6 +170,11 @@ def generate_texts(
     eos_ids = set(eos_ids_of(model.config))
     if getattr(tokenizer, "eos_token_id", None) is not None:
         eos_ids.add(int(tokenizer.eos_token_id))
+    grammar = None
+    if settings.smiles_grammar:
+        from almol_jax.generation.grammar_tables import build_tables
+
+        grammar = build_tables(tokenizer, model.config.vocab_size, sorted(eos_ids))
     out_ids = generate_token_ids(
         model,
         prompt_ids,
@@ -169,6 +185,7 @@ def generate_texts(
         mesh=mesh,
         rules=rules,
         on_batch=on_batch,
+        grammar=grammar,
     )
     return [tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in out_ids]
 
@@ -190,6 +207,7 @@ def settings_from_config(run_config: Any, **changes) -> DecodeSettings:
         top_k=gen.top_k,
         top_p=gen.top_p,
         num_beams=max(gen.num_beams, 1),
+        smiles_grammar=gen.smiles_grammar == "on",
         batch_size=gen.batch_size,
         prompt_buckets=tuple(buckets),
     )

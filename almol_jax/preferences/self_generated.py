@@ -308,7 +308,9 @@ def build_from_checkpoint(
     )
     cfg = run_cfg if cfg is None else cfg
     seed = cfg.seed if seed is None else seed
+    # one call decodes both directions' prompts: no SMILES grammar (it would bind captions too)
     changes = dict(method="sample", temperature=temperature, top_k=top_k, top_p=top_p)
+    changes["smiles_grammar"] = False
     if max_new_tokens is not None:
         changes["max_new_tokens"] = max_new_tokens
     settings = settings_from_config(cfg, **changes)
