@@ -52,9 +52,8 @@ def _params(run_dir):
     return [np.asarray(x) for x in jax.tree.leaves(trainable)]
 
 
-def _kill_after_first_checkpoint(run_dir, run) -> int:
-    """Starts `run` in `run_dir`, SIGKILLs it once its first checkpoint is complete; returns
-    the step a restart resumes from."""
+def _kill_when(run_dir, run, ready) -> None:
+    """Starts `run` in `run_dir` and SIGKILLs it once `ready()` holds (it must not finish first)."""
     proc = subprocess.Popen(
         train_cmd(run_dir, *run),
         env=env_with_devices(1),
@@ -63,17 +62,23 @@ def _kill_after_first_checkpoint(run_dir, run) -> int:
         stderr=subprocess.DEVNULL,
     )
     try:
-        assert _wait_for(lambda: latest_step(run_dir) is not None, proc)
+        assert _wait_for(ready, proc)
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
     finally:
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == -signal.SIGKILL  # it was killed mid-run, not finished
+
+
+def _kill_after_first_checkpoint(run_dir, run) -> int:
+    """Kills `run` once its first checkpoint is complete; returns the step a restart resumes from."""
+    _kill_when(run_dir, run, lambda: latest_step(run_dir) is not None)
     return latest_step(run_dir)
 
 
-def _finish_side_by_side(run_dirs, run) -> None:
+def _finish_side_by_side(run_dirs, run) -> dict:
+    """Runs `run` to the end in each of `run_dirs` at once; {run_dir: (stdout, stderr)}."""
     procs = {
         d: subprocess.Popen(
             train_cmd(d, *run),
@@ -88,6 +93,7 @@ def _finish_side_by_side(run_dirs, run) -> None:
     outputs = {d: p.communicate(timeout=400) for d, p in procs.items()}
     for d, p in procs.items():
         assert p.returncode == 0, outputs[d][1][-3000:]
+    return outputs
 
 
 def _adapters(run_dir):
@@ -109,39 +115,12 @@ def _losses(run_dir):
 @pytest.mark.slow
 def test_sigkill_then_resume_matches_uninterrupted_run_bitwise(tmp_path):
     whole, killed = tmp_path / "whole", tmp_path / "killed"
-    proc = subprocess.Popen(
-        train_cmd(killed, *RUN),
-        env=env_with_devices(1),
-        cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        assert _wait_for(lambda: any(s >= 4 for s in _complete_steps(killed)), proc)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == -signal.SIGKILL  # it was killed mid-run, not finished
+    _kill_when(killed, RUN, lambda: any(s >= 4 for s in _complete_steps(killed)))
     resumed_from = latest_step(killed)
     assert resumed_from is not None and 4 <= resumed_from < 40
 
     # The restart and the uninterrupted reference run side by side.
-    procs = {
-        d: subprocess.Popen(
-            train_cmd(d, *RUN),
-            env=env_with_devices(1),
-            cwd=REPO,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for d in (killed, whole)
-    }
-    outputs = {d: p.communicate(timeout=400) for d, p in procs.items()}
-    for d, p in procs.items():
-        assert p.returncode == 0, outputs[d][1][-3000:]
+    outputs = _finish_side_by_side((killed, whole), RUN)
     out = outputs[killed][0]
     assert json.loads(out[out.index("{") :])["step"] == 40
 
