@@ -15,7 +15,7 @@ import numpy as np
 
 from almol_jax.eval import bleu as bleu_lib
 from almol_jax.eval.chrf import batch_row_chrf, corpus_chrf_from_stats
-from almol_jax.eval.io import check_rows
+from almol_jax.eval.io import check_rows, row_records
 from almol_jax.eval.length_bias import length_stats
 from almol_jax.eval.options import EvalOptions
 from almol_jax.eval.parallel import ChunkMap, default_start_method, map_chunks
@@ -181,23 +181,11 @@ def score_smiles2caption(
         )
         metrics.update(prop_metrics)
     unit = "tokens" if tokenizer is not None else "words"
-    per_row = [
-        {
-            "row": i,
-            "source": src,
-            "reference": ref,
-            "output": hyp,
-            **row.values,
-            **(prop_rows[i] if prop_rows else {}),
-            "ref_chars": len(ref),
-            "out_chars": len(hyp),
-            f"ref_{unit}": len(row.ref_tokens),
-            f"out_{unit}": len(row.out_tokens),
-        }
-        for i, (src, ref, hyp, row) in enumerate(
-            zip(sources or [""] * n, references, outputs, computed, strict=True)
-        )
+    lengths = [
+        {f"ref_{unit}": len(row.ref_tokens), f"out_{unit}": len(row.out_tokens)} for row in computed
     ]
+    values = [row.values for row in computed]
+    per_row = row_records(sources, references, outputs, values, lengths, prop_rows)
     metrics.update(
         length_stats(
             {

@@ -69,6 +69,29 @@ def check_rows(sources, references, outputs) -> int:
     return n
 
 
+def row_records(sources, references, outputs, values, lengths, properties=None) -> list[dict]:
+    """The per-row report records of a scored task, in the report's column order: row, source,
+    reference, output, the row's metric `values`, its `properties` (when given), the character
+    lengths, then its token `lengths` (per-row dicts)."""
+    n = len(references)
+    return [
+        {
+            "row": i,
+            "source": src,
+            "reference": ref,
+            "output": hyp,
+            **vals,
+            **(properties[i] if properties else {}),
+            "ref_chars": len(ref),
+            "out_chars": len(hyp),
+            **lengths[i],
+        }
+        for i, (src, ref, hyp, vals) in enumerate(
+            zip(sources or [""] * n, references, outputs, values, strict=True)
+        )
+    ]
+
+
 def _pick(header: list[str], names: tuple[str, ...], what: str, path, line: int) -> int:
     for name in names:
         if name in header:

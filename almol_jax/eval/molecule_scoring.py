@@ -16,7 +16,7 @@ import numpy as np
 from almol_jax.eval import bleu as bleu_lib
 from almol_jax.eval import molecule
 from almol_jax.eval.chrf import batch_row_chrf, corpus_chrf_from_stats
-from almol_jax.eval.io import check_rows
+from almol_jax.eval.io import check_rows, row_records
 from almol_jax.eval.length_bias import length_stats
 from almol_jax.eval.options import EvalOptions
 from almol_jax.eval.parallel import map_chunks
@@ -130,22 +130,8 @@ def score_caption2smiles(
     chrf_stats = [r.chrf_stats for r in computed]
     metrics["chrf"] = corpus_chrf_from_stats(options.chrf.metric(), chrf_stats)
     metrics["chrf_sentence_mean"] = float(np.mean([r["chrf"] for r in values])) if n else nan
-    per_row = [
-        {
-            "row": i,
-            "source": src,
-            "reference": ref,
-            "output": hyp,
-            **row.values,
-            "ref_chars": len(ref),
-            "out_chars": len(hyp),
-            "ref_tokens": row.tokens[0],
-            "out_tokens": row.tokens[1],
-        }
-        for i, (src, ref, hyp, row) in enumerate(
-            zip(sources or [""] * n, references, outputs, computed, strict=True)
-        )
-    ]
+    tokens = [{"ref_tokens": row.tokens[0], "out_tokens": row.tokens[1]} for row in computed]
+    per_row = row_records(sources, references, outputs, [row.values for row in computed], tokens)
     metrics.update(
         length_stats(
             {
