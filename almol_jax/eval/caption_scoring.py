@@ -35,13 +35,16 @@ class _CaptionRow(NamedTuple):
 def _s2c_chunk(state, rows) -> list[_CaptionRow]:
     """Per-row smiles2caption values of a chunk of (reference, output) rows, METEOR aside (in a
     worker): SciBERT tokens, BLEU statistics, ROUGE, chrF."""
-    tokenizer, trunc, chrf_config, pieces = state
+    tokenizer, trunc, chrf_config, pieces, known = state
     from almol_jax.eval.text import rouge_rows
 
     refs = [ref for ref, _ in rows]
     hyps = [hyp for _, hyp in rows]
     if tokenizer is not None:
-        ref_tok = tokenizer.metric_tokens_many(refs, trunc, pieces)
+        if known is not None:  # the reference cache's tokens (reference_tokens)
+            ref_tok = [list(known[r]) for r in refs]
+        else:
+            ref_tok = tokenizer.metric_tokens_many(refs, trunc, pieces)
         hyp_tok = tokenizer.metric_tokens_many(hyps, trunc, pieces)
         bleu = bleu_lib.batch_row_stats(ref_tok, hyp_tok)
     else:  # whitespace tokens only feed the length statistics here
@@ -97,6 +100,21 @@ def _resolve_meteor(options: EvalOptions, resources: Resources):
     return meteor
 
 
+def reference_tokens(references, tokenizer, options: EvalOptions, resources: Resources) -> dict:
+    """{reference caption: its SciBERT metric tokens}, from the reference cache."""
+    from almol_jax.eval.reference_cache import cached
+
+    def compute(distinct: list[str]) -> dict:
+        tokens = tokenizer.metric_tokens_many(distinct, options.text_trunc_length, {})
+        return dict(zip(distinct, tokens, strict=True))
+
+    settings = {
+        "scibert_vocab_sha256": resources.scibert_vocab_sha256,
+        "text_trunc_length": options.text_trunc_length,
+    }
+    return cached("smiles2caption", references, settings, compute)
+
+
 def _computed_rows(references, outputs, options: EvalOptions, resources: Resources):
     """(per-row values, the tokenizer or None, the METEOR scorer or None): workers tokenize and
     count while this process loads WordNet, then METEOR fills each row's "meteor"."""
@@ -104,8 +122,17 @@ def _computed_rows(references, outputs, options: EvalOptions, resources: Resourc
     with ChunkMap(
         _s2c_chunk,
         list(zip(references, outputs, strict=True)),
-        # The last item: this run's WordPiece memo, one copy per process (never kept).
-        state=(tokenizer, options.text_trunc_length, options.chrf, {}),
+        # The WordPiece memo of this run, one copy per process (never kept), then the
+        # references' tokens from the reference cache (None: tokenized here).
+        state=(
+            tokenizer,
+            options.text_trunc_length,
+            options.chrf,
+            {},
+            reference_tokens(references, tokenizer, options, resources)
+            if tokenizer is not None and options.reference_cache and references
+            else None,
+        ),
         num_workers=options.num_workers,
         progress=options.progress,
         desc="smiles2caption",

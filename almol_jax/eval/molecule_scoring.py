@@ -35,12 +35,12 @@ class _MoleculeRow(NamedTuple):
 
 def _c2s_chunk(state, rows) -> list[_MoleculeRow]:
     """Per-row caption2smiles values of a chunk of (reference, output) rows (in a worker)."""
-    morgan_radius, chrf_config, canonical = state
+    morgan_radius, chrf_config, canonical, known = state
     import Levenshtein
 
     refs = [ref for ref, _ in rows]
     hyps = [hyp for _, hyp in rows]
-    values, canonical_pairs = molecule.pair_metrics(rows, morgan_radius, canonical)
+    values, canonical_pairs = molecule.pair_metrics(rows, morgan_radius, canonical, known)
     chrf = batch_row_chrf(chrf_config.metric(), refs, hyps)
     # Character BLEU counts the raw strings' n-grams, chrF the whitespace-free ones: the same
     # overlaps for strings without whitespace (SMILES), so reuse chrF's where both agree.
@@ -64,6 +64,39 @@ def _c2s_chunk(state, rows) -> list[_MoleculeRow]:
         tokens = (molecule.smiles_token_count(ref), molecule.smiles_token_count(hyp))
         out.append(_MoleculeRow(row, canonical_pairs[i], chrf_stats, bleu_stats, tokens))
     return out
+
+
+def _features_chunk(morgan_radius: int, smiles: list[str]) -> list:
+    """Every feature of each SMILES string of a chunk (in a worker)."""
+    return [molecule.smiles_features(s, morgan_radius, canonical=True) for s in smiles]
+
+
+def reference_features(references: Sequence[str], options: EvalOptions) -> dict:
+    """{reference SMILES: MolFeatures} of the distinct references, from the reference cache
+    (computed in worker processes the first time a test set is seen)."""
+    from rdkit import __version__ as rdkit_version
+
+    from almol_jax.eval.reference_cache import cached
+
+    def compute(distinct: list[str]) -> dict:
+        feats = map_chunks(
+            _features_chunk,
+            distinct,
+            state=options.morgan_radius,
+            num_workers=options.num_workers,
+            start_method=options.start_method,
+        )
+        return dict(zip(distinct, feats, strict=True))
+
+    settings = {"rdkit": rdkit_version, "morgan_radius": options.morgan_radius}
+    return cached(
+        "caption2smiles",
+        references,
+        settings,
+        compute,
+        molecule.encode_features,
+        molecule.decode_features,
+    )
 
 
 def _fcd(options: EvalOptions, resources: Resources, want_fcd: bool, computed) -> float:
@@ -106,7 +139,12 @@ def score_caption2smiles(
     computed: list[_MoleculeRow] = map_chunks(
         _c2s_chunk,
         list(zip(references, outputs, strict=True)),
-        state=(options.morgan_radius, options.chrf, want_fcd),
+        state=(
+            options.morgan_radius,
+            options.chrf,
+            want_fcd,
+            reference_features(references, options) if options.reference_cache and n else None,
+        ),
         num_workers=options.num_workers,
         progress=options.progress,
         desc="caption2smiles",

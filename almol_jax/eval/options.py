@@ -32,6 +32,7 @@ class EvalOptions:
     num_workers: int | None = None  # worker processes; None = CPUs available (<= 8)
     progress: bool = False  # tqdm progress bars
     start_method: str | None = None  # multiprocessing start method; None = fork if safe
+    reference_cache: bool = True  # reuse the reference side across runs (reference_cache.py)
 
     def __post_init__(self):
         if self.fingerprint_averaging not in ("molt5", "lpm24"):

@@ -1,0 +1,135 @@
+"""Running one stage of an arm (train.py, eval.py, the preference builder) as a child process.
+
+Each stage is the project's own command line, run with this Python from the repository root,
+its output kept in ``DIR/logs/<stage>.log``. While it runs, a progress bar follows it: training
+steps read from the run's metrics.jsonl, evaluation directions from the report files appearing.
+A finished stage leaves a marker (``<dir>/.experiment_stage.json``, holding the hash of what it
+ran) so a re-run of the experiment skips it; a stage that failed or was interrupted runs again
+(train.py resumes from its own checkpoints).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from almol_jax.errors import UserError
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+MARKER = ".experiment_stage.json"
+POLL_SECONDS = 1.0
+LOG_TAIL_LINES = 25
+
+
+def stage_key(inputs: Sequence[Path], args: Sequence[str]) -> str:
+    """The hash of what a stage runs: its command line and the bytes of the files it reads
+    (its config, its data, the marker of the stage it builds on)."""
+    h = hashlib.sha256()
+    for arg in args:
+        h.update(arg.encode() + b"\0")
+    for path in inputs:
+        h.update(str(path).encode() + b"\0")
+        if path.is_file():
+            h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def is_done(directory: Path, key: str) -> bool:
+    """Whether ``directory`` holds a finished stage with this key."""
+    marker = directory / MARKER
+    if not marker.is_file():
+        return False
+    try:
+        return json.loads(marker.read_text(encoding="utf-8")).get("key") == key
+    except json.JSONDecodeError:
+        return False
+
+
+def mark_done(directory: Path, key: str, seconds: float, command: list[str]) -> None:
+    """Leaves the finished-stage marker in ``directory``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    record = {"key": key, "seconds": seconds, "command": command}
+    (directory / MARKER).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+
+
+def stage_seconds(directory: Path) -> float | None:
+    """The seconds a finished stage took (from its marker), else None."""
+    marker = directory / MARKER
+    if not marker.is_file():
+        return None
+    return float(json.loads(marker.read_text(encoding="utf-8")).get("seconds", 0.0))
+
+
+def training_progress(run_dir: Path) -> Callable[[], int]:
+    """The last logged training step of ``run_dir`` (0 before the first)."""
+    path = run_dir / "metrics.jsonl"
+
+    def current() -> int:
+        if not path.is_file():
+            return 0
+        step = 0
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                step = max(step, int(json.loads(line).get("step", 0)))
+            except (json.JSONDecodeError, ValueError, TypeError):
+                continue
+        return step
+
+    return current
+
+
+def files_progress(paths: Sequence[Path]) -> Callable[[], int]:
+    """How many of ``paths`` exist."""
+    return lambda: sum(p.is_file() for p in paths)
+
+
+def run_stage(
+    label: str,
+    args: list[str],
+    log: Path,
+    *,
+    total: int,
+    unit: str,
+    progress: Callable[[], int],
+    show: bool = True,
+) -> float:
+    """Runs ``python <args>`` from the repository root; returns its wall seconds.
+
+    A failure raises UserError naming the stage and its log, with the log's last lines.
+    """
+    command = [sys.executable, *args]
+    log.parent.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    bar = tqdm(
+        total=total, desc=label, unit=unit, dynamic_ncols=True, disable=not show, leave=False
+    )
+    with log.open("w", encoding="utf-8") as out:
+        out.write("$ " + " ".join(command) + "\n")
+        out.flush()
+        child = subprocess.Popen(command, cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            while child.poll() is None:
+                time.sleep(POLL_SECONDS)
+                bar.n = min(progress(), total)
+                bar.refresh()
+        except BaseException:
+            child.terminate()  # SIGTERM: train.py saves a checkpoint and exits 0
+            child.wait()
+            raise
+        finally:
+            bar.close()
+    seconds = time.perf_counter() - start
+    if child.returncode != 0:
+        tail = log.read_text(encoding="utf-8", errors="replace").splitlines()[-LOG_TAIL_LINES:]
+        raise UserError(
+            f"{label} failed (exit status {child.returncode}); its log is {log}:\n"
+            + "\n".join(tail)
+        )
+    return seconds
