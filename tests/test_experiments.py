@@ -149,7 +149,7 @@ def test_quick_experiment_end_to_end_and_resume(tmp_path, shared_data):
     checkpoints = {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("checkpoints/*")}
     again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-4000:]
-    stage_lines = [line for line in again.stdout.splitlines() if " done in " in line]
+    stage_lines = [line for line in again.stdout.splitlines() if re.match(r"\[\s*\d+/12\] ", line)]
     assert len(stage_lines) == 12 and all("already done" in line for line in stage_lines)
     assert {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("checkpoints/*")} == checkpoints
     resumed = json.loads((out / "report.json").read_text())

@@ -142,7 +142,7 @@ def _versions() -> dict[str, str]:
 def write_report(
     exp: ExperimentConfig,
     layout: Layout,
-    timings: dict[str, dict[str, float]],
+    timings: dict[str, dict[str, dict[str, float]]],
     resumed: list[str],
     wall_seconds: float,
     *,
@@ -174,7 +174,14 @@ def write_report(
         )
     ]
     report["validation"] = {tag: c[-1] if c else None for tag, c in curves.items()}
-    report["timings"] = {"stages": timings, "resumed": resumed, "wall_seconds": wall_seconds}
+    stages = [t for per_tag in timings.values() for t in per_tag.values()]
+    report["timings"] = {
+        "stages": timings,
+        "resumed": resumed,
+        "wall_seconds": wall_seconds,
+        "stages_wall_seconds": sum(t["wall"] for t in stages),
+        "stages_cpu_seconds": sum(t["cpu"] for t in stages),
+    }
     report["versions"] = _versions()
     report = _json_safe(report)
     (layout.root / REPORT_JSON).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")

@@ -31,6 +31,7 @@ from almol_jax.experiments.stages import (
     mark_done,
     run_stage,
     stage_key,
+    stage_times,
     training_progress,
 )
 from almol_jax.experiments.subset import builder_args, write_subset
@@ -46,27 +47,30 @@ class Runner:
     show: bool = True
     total_stages: int = 0
     done_stages: int = 0
-    timings: dict[str, dict[str, float]] = field(default_factory=dict)
+    timings: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
     resumed: list[str] = field(default_factory=list)
 
-    def _line(self, tag: str, stage: str, seconds: float, resumed: bool) -> None:
+    def _line(self, tag: str, stage: str, times: dict[str, float], resumed: bool) -> None:
         self.done_stages += 1
-        self.timings.setdefault(tag, {})[stage] = seconds
+        self.timings.setdefault(tag, {})[stage] = times
+        seconds = times["wall"]
         if resumed:
             self.resumed.append(f"{tag}/{stage}")
         if self.show:
-            how = "already done" if resumed else "done"
+            how = (
+                f"already done (took {_clock(seconds)})"
+                if resumed
+                else f"done in {_clock(seconds)}"
+            )
             n, total = self.done_stages, self.total_stages
-            print(f"[{n:>2}/{total}] {tag:<18} {stage:<12} {how} in {_clock(seconds)}", flush=True)
+            print(f"[{n:>2}/{total}] {tag:<18} {stage:<12} {how}", flush=True)
 
     def _stage(self, tag, stage, directory, parts, args, total, unit, progress) -> None:
-        from almol_jax.experiments.stages import stage_seconds
-
         key = stage_key(list(parts), args)
         if is_done(directory, key):
-            self._line(tag, stage, stage_seconds(directory) or 0.0, resumed=True)
+            self._line(tag, stage, stage_times(directory), resumed=True)
             return
-        seconds = run_stage(
+        times = run_stage(
             f"{tag} {stage}",
             args,
             self.layout.log(f"{tag}-{stage}"),
@@ -75,8 +79,8 @@ class Runner:
             progress=progress,
             show=self.show,
         )
-        mark_done(directory, key, seconds, args)
-        self._line(tag, stage, seconds, resumed=False)
+        mark_done(directory, key, times, args)
+        self._line(tag, stage, times, resumed=False)
 
     def train(self, arm: str, seed: int | None, config: Path, inputs: list[Path]) -> None:
         run_dir = self.layout.run_dir(arm, seed)

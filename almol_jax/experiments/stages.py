@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import resource
 import subprocess
 import sys
 import time
@@ -52,19 +53,24 @@ def is_done(directory: Path, key: str) -> bool:
         return False
 
 
-def mark_done(directory: Path, key: str, seconds: float, command: list[str]) -> None:
-    """Leaves the finished-stage marker in ``directory``."""
+def mark_done(directory: Path, key: str, times: dict[str, float], command: list[str]) -> None:
+    """Leaves the finished-stage marker in ``directory`` (``times``: wall and CPU seconds)."""
     directory.mkdir(parents=True, exist_ok=True)
-    record = {"key": key, "seconds": seconds, "command": command}
+    record = {"key": key, **times, "command": command}
     (directory / MARKER).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
 
 
-def stage_seconds(directory: Path) -> float | None:
-    """The seconds a finished stage took (from its marker), else None."""
-    marker = directory / MARKER
-    if not marker.is_file():
-        return None
-    return float(json.loads(marker.read_text(encoding="utf-8")).get("seconds", 0.0))
+def stage_times(directory: Path) -> dict[str, float]:
+    """{"wall", "cpu"} seconds of a finished stage, from its marker (markers of the first
+    version hold "seconds" of wall time only: CPU 0)."""
+    record = json.loads((directory / MARKER).read_text(encoding="utf-8"))
+    wall = record.get("wall", record.get("seconds", 0.0))
+    return {"wall": float(wall), "cpu": float(record.get("cpu", 0.0))}
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def training_progress(run_dir: Path) -> Callable[[], int]:
@@ -99,14 +105,15 @@ def run_stage(
     unit: str,
     progress: Callable[[], int],
     show: bool = True,
-) -> float:
-    """Runs ``python <args>`` from the repository root; returns its wall seconds.
+) -> dict[str, float]:
+    """Runs ``python <args>`` from the repository root; returns its wall and CPU seconds (the
+    CPU time of the child and its own children: comparable across loads, unlike the wall).
 
     A failure raises UserError naming the stage and its log, with the log's last lines.
     """
     command = [sys.executable, *args]
     log.parent.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), _children_cpu()
     bar = tqdm(
         total=total, desc=label, unit=unit, dynamic_ncols=True, disable=not show, leave=False
     )
@@ -125,11 +132,11 @@ def run_stage(
             raise
         finally:
             bar.close()
-    seconds = time.perf_counter() - start
+    times = {"wall": time.perf_counter() - start, "cpu": _children_cpu() - cpu}
     if child.returncode != 0:
         tail = log.read_text(encoding="utf-8", errors="replace").splitlines()[-LOG_TAIL_LINES:]
         raise UserError(
             f"{label} failed (exit status {child.returncode}); its log is {log}:\n"
             + "\n".join(tail)
         )
-    return seconds
+    return times

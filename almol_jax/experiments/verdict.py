@@ -135,6 +135,21 @@ def format_intervals(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+VALIDATION_KEYS = ("eval/loss", "eval/nll_loss", "eval/rewards/accuracies", "eval/rewards/margins")
+
+
+def format_validation(report: dict[str, Any]) -> str:
+    """Each run's last validation record (its own objective's loss; reward accuracy and margin
+    of the pair objectives on the validation triplets)."""
+    lines = ["| run | step | " + " | ".join(k[5:] for k in VALIDATION_KEYS) + " |"]
+    lines.append("|---|---:|" + "---:|" * len(VALIDATION_KEYS))
+    for tag, record in report["validation"].items():
+        if record:
+            cells = [_f(record.get(k)) for k in VALIDATION_KEYS]
+            lines.append(f"| {tag} | {record['step']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def format_markdown(report: dict[str, Any]) -> str:
     """report.md: the table, the intervals, the verdict, the plots and the timings."""
     timings = report["timings"]
@@ -151,12 +166,19 @@ def format_markdown(report: dict[str, Any]) -> str:
         "",
         report["verdict"]["text"],
         "",
+        "## Validation (last record of each run)",
+        "",
+        format_validation(report),
+        "",
         "## Plots",
         "",
         *[f"- `{p}`" for p in report["plots"]],
         "",
-        f"Wall time of this invocation: {timings['wall_seconds']:.0f} s"
-        + (f" ({len(timings['resumed'])} stages already done)" if timings["resumed"] else ""),
+        f"Time: the stages took {timings['stages_wall_seconds']:.0f} s wall and "
+        f"{timings['stages_cpu_seconds']:.0f} s CPU (user + system, all processes) when they ran; "
+        f"this invocation {timings['wall_seconds']:.0f} s"
+        + (f" ({len(timings['resumed'])} stages already done)" if timings["resumed"] else "")
+        + ".",
         "",
         "Versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items()),
         "",
