@@ -174,9 +174,13 @@ def format_markdown(report: dict[str, Any]) -> str:
         "",
         *[f"- `{p}`" for p in report["plots"]],
         "",
-        f"Time: the stages took {timings['stages_wall_seconds']:.0f} s wall and "
-        f"{timings['stages_cpu_seconds']:.0f} s CPU (user + system, all processes) when they ran; "
-        f"this invocation {timings['wall_seconds']:.0f} s"
+        f"Time: the stages took {timings['stages_wall_seconds']:.0f} s wall"
+        + (
+            f" and {timings['stages_cpu_seconds']:.0f} s CPU (user + system, all processes)"
+            if timings["stages_cpu_seconds"] > 0
+            else ""
+        )
+        + f" when they ran; this invocation {timings['wall_seconds']:.0f} s"
         + (f" ({len(timings['resumed'])} stages already done)" if timings["resumed"] else "")
         + ".",
         "",
