@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from almol_jax.config import load_config
+from almol_jax.errors import ConfigError
 from almol_jax.experiments.config import BASE_ARMS, COUNTERPART, ExperimentConfig, deep_merge
 
 
@@ -37,8 +38,6 @@ def resolve_data(exp: ExperimentConfig) -> DataFiles:
         from almol_jax.data.demo import build_demo_dataset
 
         if data["builtin"] != "rdkit_nci":
-            from almol_jax.errors import ConfigError
-
             raise ConfigError(f"data.builtin={data['builtin']!r}: only rdkit_nci is embedded")
         paths = build_demo_dataset()
         return DataFiles(

@@ -31,21 +31,24 @@ def metrics_plot(report: dict[str, Any], out: Path) -> Path:
 
 
 def differences_plot(report: dict[str, Any], out: Path) -> Path:
-    """The paired differences with their bootstrap intervals, one row per comparison/metric."""
-    rows = [
-        (f"{name}: {d} {m}", iv)
-        for name, per_dir in report["comparisons"].items()
-        for d, per_metric in per_dir.items()
-        for m, iv in per_metric.items()
-    ]
+    """The paired differences with their bootstrap intervals, one row per comparison/metric, in
+    percent of the second arm's value (metrics on different scales share one axis)."""
+    rows = []
+    for name, per_dir in report["comparisons"].items():
+        base_arm = name.split(" - ")[1]
+        for d, per_metric in per_dir.items():
+            for m, iv in per_metric.items():
+                base = abs(report["arms"][base_arm]["metrics"][d].get(m) or 0.0) or 1.0
+                scaled = [100.0 * iv[k] / base for k in ("low", "difference", "high")]
+                rows.append((f"{name}: {d} {m}", scaled))
     fig, ax = plt.subplots(figsize=(7.5, 0.32 * len(rows) + 1.2))
-    for i, (_label, iv) in enumerate(rows):
-        ax.plot([iv["low"], iv["high"]], [i, i], color="tab:blue")
-        ax.plot([iv["difference"]], [i], "o", color="tab:blue")
+    for i, (_label, (low, diff, high)) in enumerate(rows):
+        ax.plot([low, high], [i, i], color="tab:blue")
+        ax.plot([diff], [i], "o", color="tab:blue")
     ax.axvline(0.0, color="grey", lw=0.8)
     ax.set_yticks(range(len(rows)), [r[0] for r in rows], fontsize=7)
     ax.invert_yaxis()
-    ax.set_xlabel("paired difference (bootstrap interval)")
+    ax.set_xlabel("paired difference, % of the second arm (bootstrap interval)")
     fig.tight_layout()
     path = out / "differences.png"
     fig.savefig(path, dpi=110)
