@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 from flax import nnx
 from plain_oracle import to_indexed
 from train_fixtures import settings, split, tiny_model, triplet_batch
@@ -67,6 +68,7 @@ def test_bf16_model_is_the_rounded_fp32_model_with_fp32_adapters():
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+@pytest.mark.slow
 def test_bf16_step_loss_grads_and_five_steps_against_fp32():
     fp32, bf16 = _pair()
     batch = to_indexed(triplet_batch(4, seed=2), share_prefix=True)
