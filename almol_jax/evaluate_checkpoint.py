@@ -132,7 +132,9 @@ def evaluate_checkpoint(
             rows = rows[:limit]
         if not rows:
             raise ConfigError(f"split {split!r} has no {direction} rows")
-        prompts = [format_prompt(cfg.data.templates, direction, ex.source) for ex in rows]
+        prompts = [
+            format_prompt(cfg.data.templates, direction, ex.source, tokenizer) for ex in rows
+        ]
         outputs, gen_seconds = decoding.texts(direction, prompts, progress)
         extra = dict(about, rows=len(rows), generation=decoding.record(direction, gen_seconds))
         out_dir = out_root / direction

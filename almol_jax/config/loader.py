@@ -10,6 +10,9 @@ or malformed config file and an override that is not YAML.
 
 YAML floats: PyYAML follows YAML 1.1 and reads ``5e-5`` as a string; the loader here also
 resolves exponent floats without a dot (``5e-5``, ``1e8``) as floats.
+
+A list-typed key given one bare value is a one-item list (``data.train_files=prefs.jsonl``),
+unless the key also accepts that scalar (``data.directions=both``).
 """
 
 from __future__ import annotations
@@ -17,13 +20,14 @@ from __future__ import annotations
 import copy
 import dataclasses
 import re
+import types
 import typing
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from almol_jax.config.coerce import config_to_dict, suggest
+from almol_jax.config.coerce import coerce, config_to_dict, suggest
 from almol_jax.config.run import RunConfig
 from almol_jax.errors import ConfigError
 
@@ -62,6 +66,7 @@ def _field_type(path: list[str]) -> Any:
     """The annotation at a dotted path of RunConfig (None if the path leaves the schema)."""
     cls: Any = RunConfig
     for part in path:
+        cls = _section_of(cls)
         if not dataclasses.is_dataclass(cls):
             return None
         hints = typing.get_type_hints(cls)
@@ -75,6 +80,29 @@ def _is_sequence_type(tp: Any) -> bool:
     if typing.get_origin(tp) is tuple:
         return True
     return any(typing.get_origin(a) is tuple for a in typing.get_args(tp))
+
+
+def _as_sequence(value: Any, tp: Any, key: str) -> Any:
+    """A bare override value of a list-typed key: split at commas, or one item when the key's
+    type does not accept the scalar itself (``data.directions=both`` stays a string)."""
+    if not isinstance(value, str) or not _is_sequence_type(tp):
+        return value
+    if "," in value:
+        return [parse_yaml(v.strip()) for v in value.split(",")]
+    if typing.get_origin(tp) is tuple:
+        return [value]
+    try:
+        coerce(value, tp, key)
+    except ValueError:
+        return [value]
+    return value
+
+
+def _section_of(tp: Any) -> Any:
+    """The dataclass a union type names (``data.templates``: a section or "chat"), else tp."""
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return next((a for a in typing.get_args(tp) if dataclasses.is_dataclass(a)), tp)
+    return tp
 
 
 def _schema_keys(cls: Any = RunConfig, prefix: str = "") -> list[str]:
@@ -99,6 +127,7 @@ def apply_override(raw: dict[str, Any], override: str) -> dict[str, Any]:
     # Check the path against the schema, allowing free keys below a mapping-typed field.
     cls: Any = RunConfig
     for i, part in enumerate(parts):
+        cls = _section_of(cls)
         if dataclasses.is_dataclass(cls):
             hints = typing.get_type_hints(cls)
             if part not in hints:
@@ -115,8 +144,7 @@ def apply_override(raw: dict[str, Any], override: str) -> dict[str, Any]:
             )
     try:
         value = parse_yaml(text) if text.strip() else ""
-        if isinstance(value, str) and "," in value and _is_sequence_type(_field_type(parts)):
-            value = [parse_yaml(v.strip()) for v in value.split(",")]
+        value = _as_sequence(value, _field_type(parts), key)
     except yaml.YAMLError as err:
         raise ConfigError(f"override {override!r}: the value is not YAML ({err})") from None
     out = copy.deepcopy(raw)

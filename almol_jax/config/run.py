@@ -63,9 +63,18 @@ class RunConfig:
     @classmethod
     def from_dict(cls, raw: dict[str, Any] | None) -> RunConfig:
         """Builds and validates a RunConfig from plain (YAML-loaded) data; unset keys keep defaults."""
-        cfg = build(cls, raw or {}, "")
+        cfg = resolve_tokenizer_path(build(cls, raw or {}, ""))
         validate(cfg)
         return cfg
+
+
+def resolve_tokenizer_path(cfg: RunConfig) -> RunConfig:
+    """``tokenizer.path: null`` with ``kind: hf`` means the checkpoint's own tokenizer: the path
+    becomes ``model.source`` (the resolved config records it)."""
+    tk = cfg.tokenizer
+    if tk.kind != "hf" or tk.path is not None or cfg.model.source is None:
+        return cfg
+    return dataclasses.replace(cfg, tokenizer=dataclasses.replace(tk, path=cfg.model.source))
 
 
 def validate(cfg: RunConfig) -> None:
@@ -92,5 +101,11 @@ def field_docs(cls: type = RunConfig, prefix: str = "") -> list[tuple[str, str, 
             rows.extend(field_docs(tp, prefix + f.name + "."))
             continue
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        section = next((a for a in typing.get_args(tp) if dataclasses.is_dataclass(a)), None)
+        if section is not None:  # a section or a keyword (data.templates: chat)
+            others = " | ".join(type_name(a) for a in typing.get_args(tp) if a is not section)
+            rows.append((prefix + f.name, f"section | {others}", "section", f.metadata["doc"]))
+            rows.extend(field_docs(section, prefix + f.name + "."))
+            continue
         rows.append((prefix + f.name, type_name(tp), config_to_dict(default), f.metadata["doc"]))
     return rows

@@ -126,7 +126,11 @@ class DataSection:
     directions: Literal["both"] | tuple[Literal[DIRECTIONS], ...] = _f(
         "both", "Directions kept (pair rows are expanded to each)."
     )
-    templates: TemplatesSection = section_field(TemplatesSection, "Prompt templates per direction.")
+    templates: TemplatesSection | Literal["chat"] = section_field(
+        TemplatesSection,
+        'Prompt templates per direction, or "chat": the tokenizer\'s chat template around '
+        "a short instruction (data/templates.py), as TRL does for conversational rows.",
+    )
     max_length: int = _f(512, "Maximum tokens of prompt + response (incl. BOS and EOS).")
     max_prompt_length: int = _f(
         256, "Maximum prompt tokens (incl. BOS); longer prompts keep their end."
@@ -165,7 +169,11 @@ class TokenizerSection:
         "hf: AutoTokenizer dir/hub id; byte: built-in byte-level; sentencepiece: a .model; "
         "builtin: the data.builtin dataset's own tokenizer (resolved to hf by almol_jax.after_training).",
     )
-    path: str | None = _f(None, "Dir or hub id (hf), .model file (sentencepiece); None for byte.")
+    path: str | None = _f(
+        None,
+        "Dir or hub id (hf), .model file (sentencepiece); for hf, None = model.source's own "
+        "tokenizer; None for byte.",
+    )
     add_bos: bool = _f(True, "Prepend the BOS token to every prompt (LLaMA convention).")
 
 

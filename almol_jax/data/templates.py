@@ -3,6 +3,9 @@
 They are the defaults of ``data.templates`` (config/sections.py), quoted from ALMOL.md; a run may
 replace them in its YAML. ``{source}`` (SOURCE_PLACEHOLDER) marks where the SMILES
 (smiles2caption) or the caption (caption2smiles) goes; data/prompts.py substitutes it.
+
+``data.templates: chat`` (CHAT_TEMPLATES) puts a short instruction as the user's message and lets
+the tokenizer's own chat template (data/prompts.py) wrap it, for instruct models.
 """
 
 from __future__ import annotations
@@ -30,3 +33,10 @@ MEDITRON_CAPTION2SMILES = (
     "Caption: {source} \nIn that caption, could you generate a molecule smile string?"
     "\n\n\n### Response:"
 )
+
+CHAT = "chat"
+# the user's message under data.templates: chat (the tokenizer's chat template wraps it)
+CHAT_TEMPLATES = {
+    "smiles2caption": "Describe this molecule in one caption.\nMolecule: {source}",
+    "caption2smiles": "Write the SMILES string of the molecule described here.\nCaption: {source}",
+}

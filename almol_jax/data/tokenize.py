@@ -168,7 +168,7 @@ def tokenize_examples(
     out: list[TokenizedExample] = []
     for lo in range(0, len(examples), chunk_size):
         chunk = examples[lo : lo + chunk_size]
-        prompts = [format_prompt(templates, ex.direction, ex.source) for ex in chunk]
+        prompts = [format_prompt(templates, ex.direction, ex.source, tokenizer) for ex in chunk]
         prompt_only = _encode_many(tokenizer, prompts)
         full_w = _encode_many(
             tokenizer, [p + ex.chosen for p, ex in zip(prompts, chunk, strict=True)]

@@ -169,3 +169,15 @@ def load_tokenizer(cfg: Any) -> Any:
         # LLaMA tokenizers have no pad token; padding positions are masked, any id works.
         tok.pad_token = tok.unk_token if tok.unk_token is not None else tok.eos_token
     return tok
+
+
+def check_vocab_fits(tokenizer: Any, vocab_size: int, where: str) -> None:
+    """ConfigError naming both sizes when the tokenizer's ids (added tokens included) reach past
+    the model's ``vocab_size`` rows (``where`` names the model, e.g. its source)."""
+    size = len(tokenizer)
+    if size > vocab_size:
+        raise ConfigError(
+            f"the tokenizer has {size} tokens (ids up to {size - 1}) but the model {where} has a "
+            f"vocabulary of {vocab_size}: use the model's own tokenizer (tokenizer.path: null) "
+            "or a model whose vocab_size covers it"
+        )

@@ -5,7 +5,8 @@ Adapters are a variable type, not a code path: `LoRAParam` subclasses `nnx.Varia
 `nnx.Param`), so `nnx.state(model, LoRAParam)` / `nnx.split(model, LoRAParam, ...)` selects
 exactly the adapters for the optimizer and checkpoints while the base stays frozen (and may be
 stored in bf16 while the adapters stay fp32). Kernels are [in, out]; A is [in, R] (PEFT's
-kaiming-uniform init with a=sqrt(5), i.e. U(-1/sqrt(in), 1/sqrt(in))), B is [R, out] (zeros),
+kaiming-uniform init with a=sqrt(5), i.e. U(-1/sqrt(in), 1/sqrt(in))), B is [R, out] (zeros);
+``lora.init: a_zero`` swaps which factor starts at zero (A = 0, B ~ U(+-1/sqrt(R))),
 and y = x @ W + scale * dropout(x) @ A @ B (+ bias), PEFT's LoRA Linear (computed as
 x @ W + (scale * (dropout(x) @ A)) @ B: equal up to float rounding, exact for a power-of-two
 scale).
@@ -28,6 +29,20 @@ from almol_jax.ops.lora_products import Adapters
 
 class LoRAParam(nnx.Variable):
     """A LoRA adapter matrix (A or B). Deliberately not an nnx.Param."""
+
+
+def _adapter_init(
+    lora: LoraConfig, in_features: int, out_features: int, key: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """(A [in, R], B [R, out]) in fp32: b_zero = PEFT's (A ~ U(+-1/sqrt(in)), B = 0); a_zero =
+    A = 0, B ~ U(+-1/sqrt(R)) (kaiming-uniform with fan-in R). A @ B = 0 either way."""
+    if lora.init == "a_zero":
+        bound = 1.0 / math.sqrt(lora.r)
+        b = jax.random.uniform(key, (lora.r, out_features), minval=-bound, maxval=bound)
+        return jnp.zeros((in_features, lora.r)), b
+    bound = 1.0 / math.sqrt(in_features)
+    a = jax.random.uniform(key, (in_features, lora.r), minval=-bound, maxval=bound)
+    return a, jnp.zeros((lora.r, out_features))
 
 
 class Linear(nnx.Module):
@@ -61,16 +76,13 @@ class Linear(nnx.Module):
         )
         self.lora_enabled = True
         if lora is not None and lora.targets(name):
+            a, b = _adapter_init(lora, in_features, out_features, rngs.lora())
             lora_dtype = dtype_of(lora.param_dtype)
-            bound = 1.0 / math.sqrt(in_features)
-            a = jax.random.uniform(rngs.lora(), (in_features, lora.r), minval=-bound, maxval=bound)
             self.lora_a = LoRAParam(
                 a.astype(lora_dtype), out_sharding=(axes[0], "lora_rank"), eager_sharding=False
             )
             self.lora_b = LoRAParam(
-                jnp.zeros((lora.r, out_features), lora_dtype),
-                out_sharding=("lora_rank", axes[1]),
-                eager_sharding=False,
+                b.astype(lora_dtype), out_sharding=("lora_rank", axes[1]), eager_sharding=False
             )
             self.lora_scale = lora.scale
             self.lora_dropout = nnx.Dropout(lora.dropout, rngs=rngs) if lora.dropout > 0 else None

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Literal
 
 from almol_jax.doc_field import doc_field
 from almol_jax.model.config import dtype_of
 
+LORA_INITS = ("b_zero", "a_zero")
 PEFT_LINEAR_NAMES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -34,6 +36,11 @@ class LoraConfig:
     use_rslora: bool = doc_field(False, "Rank-stabilised scale alpha / sqrt(r).")
     param_dtype: str = doc_field(
         "float32", "Storage dtype of the adapters (independent of the base)."
+    )
+    init: Literal[LORA_INITS] = doc_field(
+        "b_zero",
+        "b_zero: PEFT's (A kaiming-uniform, B = 0); a_zero: A = 0, B uniform(+-1/sqrt(r)) "
+        "(the adapter product is 0 at step 0 either way).",
     )
 
     def __post_init__(self):
@@ -56,6 +63,8 @@ class LoraConfig:
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"LoRA dropout={self.dropout} must be in [0, 1)")
         dtype_of(self.param_dtype)
+        if self.init not in LORA_INITS:
+            raise ValueError(f"LoRA init={self.init!r} is not one of {LORA_INITS}")
 
     @property
     def scale(self) -> float:

@@ -201,7 +201,7 @@ def build_self_generated(
     metrics = {**DEFAULT_METRICS, **(metrics or {})}
     scorers = {d: metric_fn(d, metrics[d]) for d in DIRECTIONS}
     prompts = [
-        format_prompt(templates, direction, source)
+        format_prompt(templates, direction, source, tokenizer)
         for source, _gold, direction in examples
         for _ in range(num_candidates)
     ]

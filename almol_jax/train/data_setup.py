@@ -28,8 +28,9 @@ from almol_jax.data.prefix_sharing import PairRowIterator, use_prefix_sharing
 from almol_jax.data.report import DataReport
 from almol_jax.data.sources import split_files
 from almol_jax.data.tokenize import prepare_split
-from almol_jax.data.tokenizer import load_tokenizer
+from almol_jax.data.tokenizer import check_vocab_fits, load_tokenizer
 from almol_jax.errors import ConfigError
+from almol_jax.run.setup import model_config
 
 
 @dataclasses.dataclass
@@ -74,6 +75,8 @@ def build_data(cfg, *, batch_shards: int = 1) -> RunData:
     """
     check_files(cfg.data)
     tokenizer = load_tokenizer(cfg.tokenizer)
+    where = repr(cfg.model.source) if cfg.model.source else f"preset {cfg.model.preset!r}"
+    check_vocab_fits(tokenizer, model_config(cfg).vocab_size, where)
     report = DataReport()
     kw = dict(process_index=jax.process_index(), process_count=jax.process_count())
     train_examples = prepare_split(cfg, tokenizer, "train", report)
