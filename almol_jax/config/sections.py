@@ -55,7 +55,9 @@ class ModelSection:
         " else portable.",
     )
     attention_impl: Literal[ATTENTION_IMPLS] = _f(
-        "xla", "The portable kernels' attention: jax.nn.dot_product_attention's implementation."
+        "auto",
+        "The portable kernels' attention: xla / cudnn (jax.nn.dot_product_attention), flash (the"
+        " Pallas TPU kernel), auto = flash on TPU, cudnn on GPU in bf16/fp16, else xla.",
     )
     remat: Literal[REMAT_NAMES] = _f(
         "none", "Rematerialisation per block: none, full, dots (= dots_saveable)."

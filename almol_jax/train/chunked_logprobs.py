@@ -23,7 +23,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from almol_jax.data.prefix_sharing import ROLE_CHOSEN, ROLE_REJECTED, role_mask_BTS
+from almol_jax.data.prefix_sharing import ROLE_CHOSEN, ROLE_REJECTED
 
 DEFAULT_VOCAB_CHUNK = 8192
 
@@ -102,7 +102,7 @@ def response_logprobs(model, batch, *, vocab_chunk: int = DEFAULT_VOCAB_CHUNK):
         batch["attention_mask"],
         positions_BT=batch["positions"],
         segment_ids_BT=batch["segment_ids"],
-        mask_BTS=role_mask_BTS(batch["role_ids"]),
+        role_ids_BT=batch["role_ids"],  # prompt shared, responses apart (a flash kernel's codes)
         output_index_BL=batch["label_src"],  # the last layer works at label positions only
     )
     logp_BL = label_logprobs(
