@@ -171,6 +171,9 @@ class ActivationSharding:
         return jax.lax.with_sharding_constraint(x, NamedSharding(self.mesh, PartitionSpec(*fitted)))
 
 
+NO_CONSTRAINTS = ActivationSharding()  # activations placed by XLA's propagation alone
+
+
 def batch_sharding(mesh: Mesh, rules: Rules | None = None, ndim: int = 2) -> NamedSharding:
     """Sharding of a [B, T, ...] activation / batch array: batch by the "batch" rule, rest replicated."""
     return logical_sharding(("batch", "length") + (None,) * (ndim - 2), mesh, rules)

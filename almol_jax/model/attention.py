@@ -21,7 +21,6 @@ from almol_jax.model.kernels import Kernels
 from almol_jax.model.lora import Linear, project
 from almol_jax.model.lora_config import LoraConfig
 from almol_jax.model.rope import apply_rope
-from almol_jax.sharding import ActivationSharding
 from almol_jax.ops.attention import (
     INVALID_KEY,
     Mask,
@@ -32,6 +31,7 @@ from almol_jax.ops.attention import (
     rows_BTNH,
     zero_keyless_rows,
 )
+from almol_jax.sharding import NO_CONSTRAINTS, ActivationSharding
 
 
 def build_mask(
@@ -111,7 +111,7 @@ class Attention(nnx.Module):
         lora: LoraConfig | None,
         kernels: Kernels,
         rngs: nnx.Rngs,
-        activations: ActivationSharding = ActivationSharding(),
+        activations: ActivationSharding = NO_CONSTRAINTS,
     ):
         d, n, k, h = (
             config.hidden_size,

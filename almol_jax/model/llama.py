@@ -21,7 +21,7 @@ from almol_jax.model.lora import Linear, project
 from almol_jax.model.lora_config import LoraConfig
 from almol_jax.model.rope import inv_frequencies, rope_tables
 from almol_jax.ops.attention import NEG_INF
-from almol_jax.sharding import ActivationSharding, Rules, freeze_rules
+from almol_jax.sharding import NO_CONSTRAINTS, ActivationSharding, Rules, freeze_rules
 
 ROWS = ("batch", "length", "embed")  # the residual stream's logical axes
 
@@ -71,7 +71,7 @@ class MLP(nnx.Module):
         lora: LoraConfig | None,
         kernels: Kernels,
         rngs: nnx.Rngs,
-        activations: ActivationSharding = ActivationSharding(),
+        activations: ActivationSharding = NO_CONSTRAINTS,
     ):
         d, f = config.hidden_size, config.intermediate_size
         common = dict(
@@ -106,7 +106,7 @@ class Block(nnx.Module):
         lora: LoraConfig | None,
         kernels: Kernels,
         rngs: nnx.Rngs,
-        activations: ActivationSharding = ActivationSharding(),
+        activations: ActivationSharding = NO_CONSTRAINTS,
     ):
         common = dict(lora=lora, kernels=kernels, rngs=rngs, activations=activations)
         self.input_layernorm = RMSNorm(config, kernels=kernels, rngs=rngs)
