@@ -170,6 +170,40 @@ class ActivationSharding:
             fitted.append(axes if dim % size == 0 else None)
         return jax.lax.with_sharding_constraint(x, NamedSharding(self.mesh, PartitionSpec(*fitted)))
 
+    def _divides(self, x, names) -> bool:
+        spec = logical_to_spec(names, self.rules)
+        for dim, axes in zip(x.shape, spec, strict=False):
+            group = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+            if dim % int(np.prod([self.mesh.shape[a] for a in group])):
+                return False
+        return True
+
+    def per_shard(self, fn, in_names: tuple, out_names: Sequence[str | None]):
+        """`fn` run on each device's shard (jax.shard_map): argument i split by the logical
+        names in_names[i] (every array of a pytree argument alike, by its leading axes), the
+        output by out_names. For computations independent across those axes (attention over
+        rows and heads) and for kernels XLA cannot partition (Pallas). `fn` itself without a
+        mesh or when a dimension does not divide over its mesh axes."""
+
+        def run(*args):
+            leaves = [
+                (x, names)
+                for arg, names in zip(args, in_names, strict=True)
+                for x in jax.tree.leaves(arg)
+            ]
+            if self.mesh is None or not all(self._divides(x, n) for x, n in leaves):
+                return fn(*args)
+            specs = tuple(logical_to_spec(n, self.rules) for n in in_names)
+            return jax.shard_map(
+                fn,
+                mesh=self.mesh,
+                in_specs=specs,
+                out_specs=logical_to_spec(out_names, self.rules),
+                check_vma=False,
+            )(*args)
+
+        return run
+
 
 NO_CONSTRAINTS = ActivationSharding()  # activations placed by XLA's propagation alone
 

@@ -169,8 +169,12 @@ class Attention(nnx.Module):
             q_BTNH = heads(q_BTNH, ("batch", "length", "heads", None))
             k_BTKH = heads(k_BTKH, ("batch", "length", "kv_heads", None))
             v_BTKH = heads(v_BTKH, ("batch", "length", "kv_heads", None))
-            out_BTNH = self.kernels.attention(q_BTNH, k_BTKH, v_BTKH, mask)
-            out_BTNH = heads(out_BTNH, ("batch", "length", "heads", None))
+            q_names = ("batch", "length", "heads", None)
+            kv_names = ("batch", "length", "kv_heads", None)
+            attend = self.activations.per_shard(
+                self.kernels.attention, (q_names, kv_names, kv_names, ("batch",)), q_names
+            )
+            out_BTNH = heads(attend(q_BTNH, k_BTKH, v_BTKH, mask), q_names)
         else:
             # the cache is [B, K, S, H]: heads before slots, so that the decode-step products
             # read it without a transposed copy
