@@ -77,7 +77,7 @@ def _abstract(tree, shardings):
 class Programs:
     """The run's model split and sharded abstractly on the target mesh, and its programs."""
 
-    def __init__(self, cfg, devices):
+    def __init__(self, cfg, devices, *, constrain_activations: bool = True):
         import jax
         from flax import nnx
         from jax.sharding import NamedSharding, PartitionSpec
@@ -93,13 +93,16 @@ class Programs:
         self.mesh = make_run_mesh(cfg, devices=devices)
         self.rules = cfg.mesh.rules
         self.config = model_config(cfg)
+        # unconstrained: the model as built before issue 16 (no activation constraints, kernels
+        # chosen for this host: use bf16 and model.attention_impl=xla), for the memory table
         graphdef, state = abstract_model(
-            self.config, lora=lora_config(cfg), mesh=self.mesh, rules=self.rules
+            self.config,
+            lora=lora_config(cfg),
+            mesh=self.mesh if constrain_activations else None,
+            rules=self.rules,
         )
         model = nnx.merge(graphdef, state)
-        self.graphdef, trainable, frozen = nnx.split(
-            model, trainable_filter(cfg.lora.enabled), ...
-        )
+        self.graphdef, trainable, frozen = nnx.split(model, trainable_filter(cfg.lora.enabled), ...)
         self.settings = step_settings(cfg, total_steps=1000)
         self.replicated = NamedSharding(self.mesh, PartitionSpec())
         self.trainable_sh = placement.full_shardings(trainable, self.mesh, self.rules)
@@ -306,6 +309,11 @@ def parse_args(argv=None):
     parser.add_argument("--row-len", type=int, default=0, help="0: the longest data.buckets")
     parser.add_argument("--label-len", type=int, default=0, help="0: 2/3 of the row")
     parser.add_argument("--max-batch", action="store_true")
+    parser.add_argument(
+        "--unconstrained",
+        action="store_true",
+        help="no activation sharding constraints (the model before issue 16; bf16 + xla attention)",
+    )
     parser.add_argument("--json", default=None, help="write every figure to this file")
     parser.add_argument("overrides", nargs="*", help="config overrides key=value")
     return parser.parse_args(argv)
@@ -327,15 +335,16 @@ def main(argv=None) -> int:
     cfg = run_config(args.config, args.overrides)
     row_len = args.row_len or max(cfg.data.buckets or [cfg.data.max_length])
     label_len = args.label_len or 2 * row_len // 3
-    programs = Programs(cfg, devices)
+    programs = Programs(cfg, devices, constrain_activations=not args.unconstrained)
     rows = cfg.train.micro_batch_size
     mesh = dict(programs.mesh.shape)
     print(
         f"target {target.name}: {target.chips} x {devices[0].device_kind}, "
         f"{target.hbm_gib:.2f} GiB each; mesh {mesh}; micro_batch_size {rows} x grad_accum "
         f"{cfg.train.grad_accum}; rows of {row_len} tokens, {label_len} labels; "
-        f"kernels {programs.graphdef and programs.config.kernels}/"
-        f"{programs.config.attention_impl}, remat {programs.config.remat}",
+        f"kernels {programs.config.kernels}/{programs.config.attention_impl}, "
+        f"remat {programs.config.remat}"
+        f"{', activations unconstrained' if args.unconstrained else ''}",
         flush=True,
     )
     report = {"target": target.name, "mesh": mesh, "micro_batch_size": rows}
