@@ -35,6 +35,7 @@ one does not, 2 on a user error.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import math
 import os
@@ -52,17 +53,27 @@ HEADROOM = 0.10  # a program fits when its peak leaves this share of the device 
 PROGRAMS = ("train", "eval", "prefill", "decode")
 
 
-def run_config(config_path: str, overrides: list[str]):
+def run_config(config_path: str, overrides: list[str], platform: str = "tpu"):
     """The run config with its overrides; model shapes from the preset unless the source is a
-    local checkpoint directory (the placeholder of the recipe is not)."""
+    local checkpoint directory (the placeholder of the recipe is not). For a GPU target without
+    the cuDNN wheel here, attention "auto"/"cudnn" is compiled as "xla" (said so)."""
     from almol_jax.config.loader import load_config
 
     cfg = load_config(config_path, overrides)
     source = cfg.model.source
     if source is not None and not (Path(source) / "config.json").is_file():
         print(f"model.source={source!r} is not a local checkpoint: shapes of model.preset")
-        cfg = load_config(config_path, [*overrides, "model.source=null"])
-    return cfg
+        overrides = [*overrides, "model.source=null"]
+    no_cudnn = importlib.util.find_spec("nvidia") is None or (
+        importlib.util.find_spec("nvidia.cudnn") is None
+    )
+    if platform == "gpu" and cfg.model.attention_impl in ("auto", "cudnn") and no_cudnn:
+        print(
+            "cuDNN is not installed here (nvidia-cudnn-cu12): the GPU attention is compiled as "
+            "model.attention_impl=xla (on a GPU machine auto picks cudnn in bf16)"
+        )
+        overrides = [*overrides, "model.attention_impl=xla"]
+    return load_config(config_path, overrides)
 
 
 def _abstract(tree, shardings):
@@ -84,7 +95,7 @@ class Programs:
 
         from almol_jax.model.build import abstract_model
         from almol_jax.model.lora import trainable_filter
-        from almol_jax.run.setup import lora_config, model_config, make_run_mesh
+        from almol_jax.run.setup import lora_config, make_run_mesh, model_config
         from almol_jax.train import placement
         from almol_jax.train import step as step_lib
         from almol_jax.train.loop import step_settings
@@ -203,7 +214,7 @@ def compile_program(programs: Programs, program: str, rows, row_len, label_len) 
         if "RESOURCE_EXHAUSTED" not in str(err):
             raise
         message = str(err).splitlines()[0][:300]
-        return {"program": program, "compiled": False, "error": message}
+        return {"program": program, "compiled": False, "error": message, "detail": str(err)}
     seconds = time.perf_counter() - start
     m = compiled.memory_analysis()
     peak = (
@@ -332,7 +343,7 @@ def main(argv=None) -> int:
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    cfg = run_config(args.config, args.overrides)
+    cfg = run_config(args.config, args.overrides, target.platform)
     row_len = args.row_len or max(cfg.data.buckets or [cfg.data.max_length])
     label_len = args.label_len or 2 * row_len // 3
     programs = Programs(cfg, devices, constrain_activations=not args.unconstrained)
