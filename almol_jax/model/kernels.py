@@ -18,6 +18,9 @@ ops/lora_products.py). `ModelConfig.kernels` names the set:
   backward attention where the kernel could not be built), LoRA through merged kernels where
   they pay, hand-written backward passes for RMSNorm, SwiGLU and the adapters' down-projection.
   Float32 compute on the CPU backend only; asking for it elsewhere is an error.
+- "custom_vjp": the portable table's attention with the CPU wing's hand-written backward passes
+  of RMSNorm, SwiGLU and the adapters' down-projection (pure JAX, any backend): what the
+  accelerators would run with the custom VJPs on (docs/benchmarks.md, issue 16, compares them).
 - "auto" (the default): "cpu" on a one-device float32 CPU run with attention_impl "xla" (a
   warning, once, when the C++ kernel cannot be built), "portable" elsewhere.
 
@@ -49,7 +52,7 @@ from almol_jax.cpu import lora as cpu_lora
 from almol_jax.ops import attention, elementwise, lora_products
 from almol_jax.tpu import flash_attention
 
-KERNEL_SETS = ("auto", "portable", "cpu")
+KERNEL_SETS = ("auto", "portable", "cpu", "custom_vjp")
 ATTENTION_IMPLS = ("auto", "xla", "cudnn", "flash")  # the portable kernels' attention
 CUDNN_DTYPES = ("bfloat16", "float16")  # cuDNN's fused attention computes in these only
 
@@ -116,6 +119,16 @@ def choose(config, devices: Sequence[jax.Device] | None = None) -> Kernels:
     )
 
 
+def _with_custom_vjps(table: Kernels) -> Kernels:
+    return dataclasses.replace(
+        table,
+        name="custom_vjp",
+        rms_norm=cpu_elementwise.rms_norm,
+        swiglu=cpu_elementwise.swiglu,
+        lora_project=cpu_lora.project,
+    )
+
+
 def auto_attention(platform: str, dtype: str, head_dim: int) -> str:
     """What attention_impl "auto" resolves to on `platform` (see the module)."""
     if platform == "tpu":
@@ -146,6 +159,8 @@ def _choose(
     impl = auto_attention(platform, dtype, head_dim) if attention_impl == "auto" else attention_impl
     if kernels == "portable":
         return _portable_for(impl, platform)
+    if kernels == "custom_vjp":
+        return _with_custom_vjps(_portable_for(impl, platform))
     one_device_cpu = platform == "cpu" and count == 1
     if not (one_device_cpu and dtype == "float32" and impl == "xla"):
         return _portable_for(impl, platform)
