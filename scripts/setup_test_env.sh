@@ -5,3 +5,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
 python -m pip install -q -r requirements-dev.txt
+# ahead-of-time compiles for TPU / GPU targets (tests/test_aot_compile.py): libtpu and the CUDA
+# plugin pinned to the installed jax (requirements-aot.txt)
+python -m pip install -q -r requirements-aot.txt

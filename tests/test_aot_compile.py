@@ -71,3 +71,29 @@ def test_oversized_batch_is_reported_not_fitting_on_tpu(capsys):
     assert lines[-1].startswith("aot target=v5e-8 fits=false peak_gib=")
     assert lines[-1].endswith("hbm_gib=15.75")
     assert any("RESOURCE_EXHAUSTED" in line for line in lines), lines
+
+
+def test_gpu_check_serialized_executable_path(tmp_path):
+    """bench/gpu_check.sh's AOT part where no GPU is: the H200 twin's executable is compiled and
+    serialized by a CPU-only process, and the same serialize / deserialize_and_load round trip
+    runs a CPU executable equal to the jitted program (loading the GPU one needs the card)."""
+    import pickle
+    import subprocess
+
+    import numpy as np
+    from jax.experimental import serialize_executable
+
+    from bench import gpu_check
+
+    assert subprocess.run(["bash", "-n", "bench/gpu_check.sh"], check=False).returncode == 0
+    path = tmp_path / "h200.pickle"
+    gpu_check.compile_for_gpu(str(path), "h200")
+    payload, in_tree, out_tree = pickle.loads(path.read_bytes())
+    assert len(payload) > 1000 and in_tree.num_leaves == 2
+    x, w = gpu_check.aot_inputs()
+    compiled = jax.jit(gpu_check.aot_program).lower(x, w).compile()
+    loaded = serialize_executable.deserialize_and_load(
+        *serialize_executable.serialize(compiled), execution_devices=jax.devices()[:1]
+    )
+    want = jax.jit(gpu_check.aot_program)(x, w)
+    np.testing.assert_allclose(loaded(x, w), want, rtol=0, atol=0)
