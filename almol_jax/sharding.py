@@ -170,25 +170,6 @@ class ActivationSharding:
             fitted.append(axes if dim % size == 0 else None)
         return jax.lax.with_sharding_constraint(x, NamedSharding(self.mesh, PartitionSpec(*fitted)))
 
-    def pinned(self, module: nnx.Module) -> nnx.Module:
-        """A copy of `module` whose variables with logical names are constrained to their own
-        (sharded) placement. Used at the top of a rematerialised block: the FSDP all-gather of a
-        weight then happens inside the block and is redone by the recomputation, instead of the
-        gathered weight being kept from the forward pass for the backward pass."""
-        if self.mesh is None:
-            return module
-        graphdef, state = nnx.split(module)
-
-        def pin(var):
-            names, value = variable_names(var), var.get_value()
-            if len(names) != getattr(value, "ndim", -1):
-                return var
-            sharding = NamedSharding(self.mesh, logical_to_spec(names, self.rules))
-            return var.replace(value=jax.lax.with_sharding_constraint(value, sharding))
-
-        state = jax.tree.map(pin, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
-        return nnx.merge(graphdef, state)
-
     def _divides(self, x, names) -> bool:
         spec = logical_to_spec(names, self.rules)
         for dim, axes in zip(x.shape, spec, strict=False):

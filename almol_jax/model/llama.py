@@ -128,7 +128,6 @@ class Block(nnx.Module):
 
 
 def _run_block(block, x_BTD, rope, mask, kv_BKSH, end_index, query_index_BL=None):
-    block = block.activations.pinned(block)  # weights gathered inside the rematerialised block
     return block(x_BTD, rope, mask, kv_BKSH, end_index, query_index_BL)
 
 
