@@ -3,10 +3,20 @@
 Parameters carry logical axis names (e.g. ("embed", "heads")) in their `out_sharding` metadata;
 a rules table maps each logical name to a mesh axis ("data", "fsdp", "tensor"), a tuple of mesh
 axes, or None (replicated). No mesh sizes appear in model code.
+
+Activations are declared the same way: the model constrains its activations by logical names
+(`ActivationSharding.constrain(x, ("batch", "length", "embed"))`: the embedding output, every
+block's output, q/k/v and the attention output ("heads"), the MLP's hidden ("mlp")), resolved by
+the same rules. A mesh axis is used once per array, so with the default rules an activation is
+split by rows over data x fsdp and its "embed" axis stays whole (the rule "embed" -> fsdp is the
+weights'): FSDP then gathers each layer's weights and keeps the rows local, instead of letting
+XLA follow the weights and split the residual stream by the model dimension (which all-reduced
+[rows, T, F] activations on every chip, issue 16).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
@@ -130,6 +140,72 @@ def state_shardings(state: nnx.State, mesh: Mesh, rules: Rules | None = None) ->
         return NamedSharding(mesh, spec)
 
     return jax.tree.map_with_path(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
+def freeze_rules(rules: Any) -> Rules | None:
+    """Rules as nested tuples (hashable: they sit in static program arguments), None kept."""
+    if rules is None:
+        return None
+    return tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in rules)
+
+
+@dataclasses.dataclass(frozen=True)
+class ActivationSharding:
+    """The model's activation placement: logical names resolved by `rules` on `mesh`; no mesh
+    means no constraint (one device, or a model that runs wherever its inputs are)."""
+
+    mesh: Mesh | None = None
+    rules: Rules | None = None
+
+    def constrain(self, x: jax.Array, names: Sequence[str | None]) -> jax.Array:
+        """`x` constrained to the sharding of `names`; a dimension that does not divide evenly
+        over its mesh axes (e.g. a decode batch of 1) is left unconstrained."""
+        if self.mesh is None:
+            return x
+        spec = logical_to_spec(names, self.rules)
+        fitted = []
+        for dim, axes in zip(x.shape, tuple(spec) + (None,) * (x.ndim - len(spec)), strict=True):
+            group = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+            size = int(np.prod([self.mesh.shape[a] for a in group]))
+            fitted.append(axes if dim % size == 0 else None)
+        return jax.lax.with_sharding_constraint(x, NamedSharding(self.mesh, PartitionSpec(*fitted)))
+
+    def _divides(self, x, names) -> bool:
+        spec = logical_to_spec(names, self.rules)
+        for dim, axes in zip(x.shape, spec, strict=False):
+            group = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+            if dim % int(np.prod([self.mesh.shape[a] for a in group])):
+                return False
+        return True
+
+    def per_shard(self, fn, in_names: tuple, out_names: Sequence[str | None]):
+        """`fn` run on each device's shard (jax.shard_map): argument i split by the logical
+        names in_names[i] (every array of a pytree argument alike, by its leading axes), the
+        output by out_names. For computations independent across those axes (attention over
+        rows and heads) and for kernels XLA cannot partition (Pallas). `fn` itself without a
+        mesh or when a dimension does not divide over its mesh axes."""
+
+        def run(*args):
+            leaves = [
+                (x, names)
+                for arg, names in zip(args, in_names, strict=True)
+                for x in jax.tree.leaves(arg)
+            ]
+            if self.mesh is None or not all(self._divides(x, n) for x, n in leaves):
+                return fn(*args)
+            specs = tuple(logical_to_spec(n, self.rules) for n in in_names)
+            return jax.shard_map(
+                fn,
+                mesh=self.mesh,
+                in_specs=specs,
+                out_specs=logical_to_spec(out_names, self.rules),
+                check_vma=False,
+            )(*args)
+
+        return run
+
+
+NO_CONSTRAINTS = ActivationSharding()  # activations placed by XLA's propagation alone
 
 
 def batch_sharding(mesh: Mesh, rules: Rules | None = None, ndim: int = 2) -> NamedSharding:

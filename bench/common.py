@@ -1,7 +1,8 @@
 """Shared pieces of the benchmark scripts: named shapes, FLOP counting, timing and memory.
 
-Every bench script (train_step.py, matmul_peak.py, generate.py, memory_estimate.py) takes its
-sizes from `SHAPES` by name so that a row in docs/benchmarks.md names one reproducible shape.
+Every bench script (train_step.py, matmul_peak.py, generate.py) takes its sizes from `SHAPES` by
+name so that a row in docs/benchmarks.md names one reproducible shape (aot_compile.py builds its
+shape from the run config).
 
 FLOP convention (documented once here, used for every "model FLOPs" figure):
 - matmul FLOPs only (2 per multiply-add); norms, softmax, RoPE and elementwise work are not

@@ -158,6 +158,7 @@ def test_failed_build_falls_back_with_a_warning(tmp_path):
         from almol_jax.cpu import attention_kernel
         from almol_jax.model import ModelConfig
         from almol_jax.model import kernels as kernels_lib
+        from almol_jax.ops.attention import Mask
         assert not attention_kernel.available()
         assert "failed" in attention_kernel.unavailable_reason()
         with warnings.catch_warnings(record=True) as caught:
@@ -170,7 +171,8 @@ def test_failed_build_falls_back_with_a_warning(tmp_path):
         mask = jnp.asarray(np.tril(np.ones((9, 9), bool))[None].repeat(2, 0)).at[0, 2].set(False)
         want = jax.nn.dot_product_attention(q, k, v, mask=mask[:, None])
         want = jnp.where(jnp.any(mask, -1)[:, :, None, None], want, 0.0)
-        np.testing.assert_allclose(table.attention(q, k, v, mask), want, rtol=1e-5, atol=2e-6)
+        got = table.attention(q, k, v, Mask(mask))
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=2e-6)
         with pytest.raises(RuntimeError, match="unavailable"):
             kernels_lib.choose(ModelConfig(kernels="cpu"))
         print("ok")

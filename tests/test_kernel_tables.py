@@ -106,7 +106,7 @@ def test_portable_forward_and_gradients_equal_the_cpu_kernels(heads):
         batch["input_ids"].shape[1],
         segment_ids_BT=batch["segment_ids"],
         mask_BTS=batch["mask_BTS"],
-    )
+    ).dense_BTS
     assert (~np.asarray(allowed_BTS)).all(-1).any()  # padding: queries with no visible key
     want = np.asarray(jax.jit(_logits)(cpu, batch))
     np.testing.assert_allclose(jax.jit(_logits)(portable, batch), want, rtol=1e-5, atol=1e-5)

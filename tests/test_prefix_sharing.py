@@ -140,7 +140,7 @@ def test_attention_rule_with_model_mask():
     allowed = np.asarray(
         build_mask(
             jnp.ones((1, 8), bool), 0, 8, segment_ids_BT=seg_BT, mask_BTS=role_mask_BTS(role_BT)
-        )
+        ).dense_BTS
     )[0]
     # rejected token 5 sees the prompt and itself, never the chosen tokens 3, 4
     np.testing.assert_array_equal(allowed[5], [1, 1, 1, 0, 0, 1, 0, 0])

@@ -52,10 +52,13 @@ class ModelSection:
         " cpu = the CPU wing (threaded C++ attention built on first use, merged LoRA,"
         " hand-written backward passes; float32 on the CPU backend only); auto = cpu on a"
         " one-device float32 CPU run (XLA's attention if the C++ kernel cannot be built),"
-        " else portable.",
+        " else portable; custom_vjp = portable with the CPU wing's hand-written backward"
+        " passes (any backend; measured on TPU in docs/benchmarks.md).",
     )
     attention_impl: Literal[ATTENTION_IMPLS] = _f(
-        "xla", "The portable kernels' attention: jax.nn.dot_product_attention's implementation."
+        "auto",
+        "The portable kernels' attention: xla / cudnn (jax.nn.dot_product_attention), flash (the"
+        " Pallas TPU kernel), auto = flash on TPU, cudnn on GPU in bf16/fp16, else xla.",
     )
     remat: Literal[REMAT_NAMES] = _f(
         "none", "Rematerialisation per block: none, full, dots (= dots_saveable)."

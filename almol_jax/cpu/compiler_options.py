@@ -45,14 +45,17 @@ def supported(options: dict) -> bool:
     return _supported(tuple(sorted(options.items())))
 
 
-def for_program(program: str) -> dict | None:
-    """The options of `program` (a PROGRAMS name) where the default backend is the CPU and
-    accepts them, else None (no options).
+def for_program(program: str, platform: str | None = None) -> dict | None:
+    """The options of `program` (a PROGRAMS name) when the program is compiled for the CPU
+    (`platform`: the platform of the devices it is compiled for, e.g. its mesh's; None: this
+    process's default backend) and this jaxlib accepts them, else None (no options): a TPU or
+    GPU program compiled ahead of time on a CPU host never gets XLA:CPU options.
 
     Call it when the program is built (it initialises the backend), not at import time."""
     if program not in PROGRAMS:
         raise ValueError(f"program={program!r} not in {sorted(PROGRAMS)}")
     options = PROGRAMS[program]
-    if jax.default_backend() == "cpu" and supported(options):
+    platform = jax.default_backend() if platform is None else platform
+    if platform == "cpu" and supported(options):
         return dict(options)
     return None

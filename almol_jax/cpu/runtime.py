@@ -32,6 +32,7 @@ def settle(runtime_section: Any) -> None:
     host_allocator.settle(runtime_section.host_allocator, jax.default_backend())
 
 
-def compiler_options(program: str) -> dict | None:
-    """XLA:CPU options for `program` ("train_step" | "decode") on the CPU backend, else None."""
-    return program_options.for_program(program)
+def compiler_options(program: str, platform: str | None = None) -> dict | None:
+    """XLA:CPU options for `program` ("train_step" | "decode") compiled for the CPU (`platform`
+    of its devices; None: this process's backend), else None."""
+    return program_options.for_program(program, platform)

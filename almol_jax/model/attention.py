@@ -2,8 +2,10 @@
 table, model/kernels.py) and the cached (decode) attention over a KV cache.
 
 A query may attend a key iff: key index <= query index (causal, by index in the row) AND the key
-is valid (padding mask) AND segment ids are equal (when given) AND mask_BTS[b, t, s] (when
-given). A fully-masked query row (padding) yields zeros from attention, never NaN, and never
+is valid (padding mask) AND segment ids are equal (when given) AND the key's role is the prompt's
+or the query's own (when role ids are given: data.prefix_sharing.role_mask_BTS) AND
+mask_BTS[b, t, s] (when given). Without a cache and an arbitrary mask_BTS the mask also carries
+its per-token codes (ops.attention.Mask) for the flash kernels. A fully-masked query row (padding) yields zeros from attention, never NaN, and never
 information from keys it may not see.
 """
 
@@ -13,12 +15,15 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from almol_jax.data.prefix_sharing import role_mask_BTS
 from almol_jax.model.config import ModelConfig
 from almol_jax.model.kernels import Kernels
 from almol_jax.model.lora import Linear, project
 from almol_jax.model.lora_config import LoraConfig
 from almol_jax.model.rope import apply_rope
 from almol_jax.ops.attention import (
+    INVALID_KEY,
+    Mask,
     bias_B1MS,
     mask_to_bias,
     probabilities,
@@ -26,6 +31,7 @@ from almol_jax.ops.attention import (
     rows_BTNH,
     zero_keyless_rows,
 )
+from almol_jax.sharding import NO_CONSTRAINTS, ActivationSharding
 
 
 def build_mask(
@@ -34,20 +40,45 @@ def build_mask(
     num_queries: int,
     *,
     segment_ids_BT: jax.Array | None = None,
+    role_ids_BT: jax.Array | None = None,
     mask_BTS: jax.Array | None = None,
-) -> jax.Array:
-    """Boolean [B, T, S] attention mask; queries sit at key indices q_start .. q_start+T-1."""
-    s = key_valid_BS.shape[1]
+    with_codes: bool = False,
+) -> Mask:
+    """The attention Mask (bool [B, T, S], and its codes when `with_codes` and no mask_BTS);
+    queries sit at key indices q_start .. q_start+T-1."""
+    b, s = key_valid_BS.shape
     q_idx_T = q_start + jnp.arange(num_queries)
     causal_TS = jnp.arange(s)[None, :] <= q_idx_T[:, None]
     allowed_BTS = causal_TS[None] & key_valid_BS[:, None, :].astype(bool)
+    if (segment_ids_BT is not None or role_ids_BT is not None) and s != num_queries:
+        raise ValueError("segment_ids_BT and role_ids_BT cannot be combined with a KV cache")
     if segment_ids_BT is not None:
-        if s != num_queries:
-            raise ValueError("segment_ids_BT cannot be combined with a KV cache")
         allowed_BTS &= segment_ids_BT[:, :, None] == segment_ids_BT[:, None, :]
+    if role_ids_BT is not None:
+        allowed_BTS &= role_mask_BTS(role_ids_BT)
     if mask_BTS is not None:
         allowed_BTS &= mask_BTS.astype(bool)
-    return allowed_BTS
+    if not with_codes or mask_BTS is not None or s != num_queries:
+        return Mask(allowed_BTS)
+    zeros_BT = jnp.zeros((b, s), jnp.int32)
+    segment_BT = zeros_BT if segment_ids_BT is None else segment_ids_BT.astype(jnp.int32)
+    role_BT = zeros_BT if role_ids_BT is None else role_ids_BT.astype(jnp.int32)
+    code_BT = (segment_BT << 2) | role_BT
+    k_code_BS = jnp.where(key_valid_BS.astype(bool), code_BT, INVALID_KEY)
+    q_pos_BT = jnp.broadcast_to(q_idx_T.astype(jnp.int32), (b, num_queries))
+    return Mask(allowed_BTS, code_BT, k_code_BS, q_pos_BT)
+
+
+def take_queries(mask: Mask, index_BL: jax.Array) -> Mask:
+    """The mask of the queries at `index_BL` only (rows of the dense mask and of the codes)."""
+    if mask.q_code_BT is None:
+        return Mask(take_rows(mask.dense_BTS, index_BL))
+    return Mask(
+        take_rows(mask.dense_BTS, index_BL),
+        take_rows(mask.q_code_BT, index_BL),
+        mask.k_code_BS,
+        take_rows(mask.q_pos_BT, index_BL),
+    )
 
 
 def cached_attention(
@@ -74,7 +105,13 @@ class Attention(nnx.Module):
     """LLaMA attention with q/k/v/o projections (optionally biased, optionally LoRA-adapted)."""
 
     def __init__(
-        self, config: ModelConfig, *, lora: LoraConfig | None, kernels: Kernels, rngs: nnx.Rngs
+        self,
+        config: ModelConfig,
+        *,
+        lora: LoraConfig | None,
+        kernels: Kernels,
+        rngs: nnx.Rngs,
+        activations: ActivationSharding = NO_CONSTRAINTS,
     ):
         d, n, k, h = (
             config.hidden_size,
@@ -97,12 +134,13 @@ class Attention(nnx.Module):
         self.o_proj = Linear(n * h, d, axes=("heads", "embed"), name="o_proj", **common)
         self.num_heads, self.num_kv_heads, self.head_dim = n, k, h
         self.kernels = kernels
+        self.activations = activations
 
     def __call__(
         self,
         x_BTD: jax.Array,
         rope: tuple[jax.Array, jax.Array],
-        mask_BTS: jax.Array,
+        mask: Mask,
         kv_BKSH: tuple[jax.Array, jax.Array] | None = None,
         end_index: jax.Array | None = None,
         query_index_BL: jax.Array | None = None,
@@ -122,12 +160,21 @@ class Attention(nnx.Module):
             k_BTO, v_BTO = project((self.k_proj, self.v_proj), x_BTD)
             q_BTO = self.q_proj(take_rows(x_BTD, query_index_BL))
             rope_q = tuple(take_rows(table, query_index_BL) for table in rope)
-            mask_BTS = take_rows(mask_BTS, query_index_BL)
+            mask = take_queries(mask, query_index_BL)
         q_BTNH = apply_rope(q_BTO.reshape(b, -1, self.num_heads, self.head_dim), rope_q)
         k_BTKH = apply_rope(k_BTO.reshape(b, t, self.num_kv_heads, self.head_dim), rope)
         v_BTKH = v_BTO.reshape(b, t, self.num_kv_heads, self.head_dim)
         if kv_BKSH is None:
-            out_BTNH = self.kernels.attention(q_BTNH, k_BTKH, v_BTKH, mask_BTS)
+            heads = self.activations.constrain
+            q_BTNH = heads(q_BTNH, ("batch", "length", "heads", None))
+            k_BTKH = heads(k_BTKH, ("batch", "length", "kv_heads", None))
+            v_BTKH = heads(v_BTKH, ("batch", "length", "kv_heads", None))
+            q_names = ("batch", "length", "heads", None)
+            kv_names = ("batch", "length", "kv_heads", None)
+            attend = self.activations.per_shard(
+                self.kernels.attention, (q_names, kv_names, kv_names, ("batch",)), q_names
+            )
+            out_BTNH = heads(attend(q_BTNH, k_BTKH, v_BTKH, mask), q_names)
         else:
             # the cache is [B, K, S, H]: heads before slots, so that the decode-step products
             # read it without a transposed copy
@@ -137,6 +184,6 @@ class Attention(nnx.Module):
                 for c, new in zip(kv_BKSH, (k_BTKH, v_BTKH), strict=True)
             )
             kv_BKSH = (k_BKSH, v_BKSH)
-            out_BTNH = cached_attention(q_BTNH, k_BKSH, v_BKSH, mask_BTS)
+            out_BTNH = cached_attention(q_BTNH, k_BKSH, v_BKSH, mask.dense_BTS)
         out_BTD = self.o_proj(out_BTNH.reshape(b, -1, self.num_heads * self.head_dim))
         return out_BTD, kv_BKSH

@@ -15,16 +15,29 @@ from jax.sharding import Mesh
 from almol_jax.model.config import ModelConfig
 from almol_jax.model.llama import LlamaForCausalLM
 from almol_jax.model.lora_config import LoraConfig
-from almol_jax.sharding import Rules, state_shardings
+from almol_jax.sharding import Rules, freeze_rules, state_shardings
+
+
+def abstract_model(
+    config: ModelConfig,
+    *,
+    lora: LoraConfig | None = None,
+    mesh: Mesh | None = None,
+    rules: Rules | None = None,
+):
+    """(graphdef, abstract state) of the model for `mesh` (its kernels and activation
+    sharding; sharding.ActivationSharding): shapes, dtypes and metadata, no memory.
+
+    Cached per (config, lora, mesh, rules); the returned state must be treated as read-only.
+    """
+    return _abstract_model(config, lora, mesh, freeze_rules(rules))
 
 
 @functools.lru_cache(maxsize=32)
-def abstract_model(config: ModelConfig, *, lora: LoraConfig | None = None):
-    """(graphdef, abstract state) of the model: shapes, dtypes and metadata, no memory.
-
-    Cached per (config, lora); the returned state must be treated as read-only.
-    """
-    abstract = nnx.eval_shape(lambda: LlamaForCausalLM(config, lora=lora, rngs=nnx.Rngs(0)))
+def _abstract_model(config, lora, mesh, rules):
+    abstract = nnx.eval_shape(
+        lambda: LlamaForCausalLM(config, lora=lora, rngs=nnx.Rngs(0), mesh=mesh, rules=rules)
+    )
     return nnx.split(abstract)
 
 
@@ -46,7 +59,7 @@ def _jitted_init(config, lora, mesh, rules, only: str, streams: tuple[str, ...])
 
     def init(keys):
         rngs = nnx.Rngs(**dict(zip(streams, keys, strict=True)))
-        model = LlamaForCausalLM(config, lora=lora, rngs=rngs)
+        model = LlamaForCausalLM(config, lora=lora, rngs=rngs, mesh=mesh, rules=rules)
         return nnx.state(model, selection)
 
     if mesh is None:
@@ -69,11 +82,7 @@ def init_state(
     """
     if only not in _SELECTIONS:
         raise ValueError(f"only={only!r} not in {sorted(_SELECTIONS)}")
-    rules = (
-        None
-        if rules is None
-        else tuple((k, v if not isinstance(v, list) else tuple(v)) for k, v in rules)
-    )
+    rules = freeze_rules(rules)
     keys = _stream_keys(rngs)
     return _jitted_init(config, lora, mesh, rules, only, tuple(keys))(tuple(keys.values()))
 
@@ -92,7 +101,7 @@ def build_model(
     (adapter dropout), or one PRNG key / int seed that every draw takes from. With a mesh, every
     variable is created directly with its NamedSharding.
     """
-    graphdef, _ = abstract_model(config, lora=lora)
+    graphdef, _ = abstract_model(config, lora=lora, mesh=mesh, rules=rules)
     state = init_state(config, lora=lora, rngs=rngs, mesh=mesh, rules=rules)
     return nnx.merge(graphdef, state)
 
@@ -120,7 +129,7 @@ def load_model(
     ckpt_dir = resolve_checkpoint_dir(path_or_repo_id, revision=revision)
     overrides = dict(dtype=dtype, param_dtype=param_dtype or dtype, **(config_overrides or {}))
     config = ModelConfig.from_hf_config(ckpt_dir / "config.json", **overrides)
-    graphdef, abstract = abstract_model(config, lora=lora)
+    graphdef, abstract = abstract_model(config, lora=lora, mesh=mesh, rules=rules)
     params = load_hf_params(ckpt_dir, config, abstract, mesh=mesh, rules=rules)
     rest = init_state(
         config,

@@ -64,7 +64,7 @@ class ModelConfig:
     param_dtype: str = "float32"  # storage dtype of the base parameters
     # kernel table (model/kernels.py): auto = cpu on a one-device float32 CPU run, else portable
     kernels: str = "auto"
-    attention_impl: str = "xla"  # the portable kernels' jax.nn attention: xla | cudnn
+    attention_impl: str = "auto"  # the portable kernels' attention: auto | xla | cudnn | flash
     remat: str = "none"  # per-block rematerialisation: REMAT_NAMES (dots = dots_saveable)
 
     def __post_init__(self):
@@ -98,7 +98,7 @@ class ModelConfig:
             raise ValueError(f"kernels={self.kernels!r} not in {KERNEL_SETS}")
         if self.attention_impl not in ATTENTION_IMPLS:
             raise ValueError(f"attention_impl={self.attention_impl!r} not in {ATTENTION_IMPLS}")
-        if self.kernels == "cpu" and self.attention_impl != "xla":
+        if self.kernels == "cpu" and self.attention_impl not in ("auto", "xla"):
             raise ValueError(
                 f"attention_impl={self.attention_impl!r} applies to kernels='portable'; "
                 "kernels='cpu' runs its own attention"

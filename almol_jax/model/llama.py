@@ -11,6 +11,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.sharding import Mesh
 
 from almol_jax.model.attention import Attention, build_mask, take_rows
 from almol_jax.model.config import REMAT_POLICIES, ModelConfig
@@ -20,6 +21,9 @@ from almol_jax.model.lora import Linear, project
 from almol_jax.model.lora_config import LoraConfig
 from almol_jax.model.rope import inv_frequencies, rope_tables
 from almol_jax.ops.attention import NEG_INF
+from almol_jax.sharding import NO_CONSTRAINTS, ActivationSharding, Rules, freeze_rules
+
+ROWS = ("batch", "length", "embed")  # the residual stream's logical axes
 
 
 class RMSNorm(nnx.Module):
@@ -61,7 +65,13 @@ class MLP(nnx.Module):
     """SwiGLU: down(silu(gate(x)) * up(x))."""
 
     def __init__(
-        self, config: ModelConfig, *, lora: LoraConfig | None, kernels: Kernels, rngs: nnx.Rngs
+        self,
+        config: ModelConfig,
+        *,
+        lora: LoraConfig | None,
+        kernels: Kernels,
+        rngs: nnx.Rngs,
+        activations: ActivationSharding = NO_CONSTRAINTS,
     ):
         d, f = config.hidden_size, config.intermediate_size
         common = dict(
@@ -77,49 +87,66 @@ class MLP(nnx.Module):
         self.up_proj = Linear(d, f, axes=("embed", "mlp"), name="up_proj", **common)
         self.down_proj = Linear(f, d, axes=("mlp", "embed"), name="down_proj", **common)
         self.kernels = kernels
+        self.activations = activations
 
     def __call__(self, x_BTD: jax.Array) -> jax.Array:
         g_BTF, u_BTF = project((self.gate_proj, self.up_proj), x_BTD)
-        return self.down_proj(self.kernels.swiglu(g_BTF, u_BTF))
+        h_BTF = self.kernels.swiglu(g_BTF, u_BTF)
+        h_BTF = self.activations.constrain(h_BTF, ("batch", "length", "mlp"))
+        return self.activations.constrain(self.down_proj(h_BTF), ROWS)
 
 
 class Block(nnx.Module):
     """Pre-norm decoder layer: x + attn(norm(x)); x + mlp(norm(x))."""
 
     def __init__(
-        self, config: ModelConfig, *, lora: LoraConfig | None, kernels: Kernels, rngs: nnx.Rngs
+        self,
+        config: ModelConfig,
+        *,
+        lora: LoraConfig | None,
+        kernels: Kernels,
+        rngs: nnx.Rngs,
+        activations: ActivationSharding = NO_CONSTRAINTS,
     ):
+        common = dict(lora=lora, kernels=kernels, rngs=rngs, activations=activations)
         self.input_layernorm = RMSNorm(config, kernels=kernels, rngs=rngs)
-        self.self_attn = Attention(config, lora=lora, kernels=kernels, rngs=rngs)
+        self.self_attn = Attention(config, **common)
         self.post_attention_layernorm = RMSNorm(config, kernels=kernels, rngs=rngs)
-        self.mlp = MLP(config, lora=lora, kernels=kernels, rngs=rngs)
+        self.mlp = MLP(config, **common)
+        self.activations = activations
 
-    def __call__(self, x_BTD, rope, mask_BTS, kv_BKSH=None, end_index=None, query_index_BL=None):
+    def __call__(self, x_BTD, rope, mask, kv_BKSH=None, end_index=None, query_index_BL=None):
         """[B, T, D] -> [B, T, D], or [B, L, D]: the rows at `query_index_BL` (see Attention)."""
         attn_BTD, kv_BKSH = self.self_attn(
-            self.input_layernorm(x_BTD), rope, mask_BTS, kv_BKSH, end_index, query_index_BL
+            self.input_layernorm(x_BTD), rope, mask, kv_BKSH, end_index, query_index_BL
         )
         if query_index_BL is not None:
             x_BTD = take_rows(x_BTD, query_index_BL)
         x_BTD = x_BTD + attn_BTD
         x_BTD = x_BTD + self.mlp(self.post_attention_layernorm(x_BTD))
-        return x_BTD, kv_BKSH
+        return self.activations.constrain(x_BTD, ROWS), kv_BKSH
 
 
-def _run_block(block, x_BTD, rope, mask_BTS, kv_BKSH, end_index, query_index_BL=None):
-    return block(x_BTD, rope, mask_BTS, kv_BKSH, end_index, query_index_BL)
+def _run_block(block, x_BTD, rope, mask, kv_BKSH, end_index, query_index_BL=None):
+    return block(x_BTD, rope, mask, kv_BKSH, end_index, query_index_BL)
 
 
 class LlamaModel(nnx.Module):
     """Embedding, decoder layers and final norm (HF's `model.` prefix)."""
 
     def __init__(
-        self, config: ModelConfig, *, lora: LoraConfig | None, kernels: Kernels, rngs: nnx.Rngs
+        self,
+        config: ModelConfig,
+        *,
+        lora: LoraConfig | None,
+        kernels: Kernels,
+        rngs: nnx.Rngs,
+        activations: ActivationSharding,
     ):
         self.embed_tokens = Embed(config, rngs=rngs)
         self.layers = nnx.List(
             [
-                Block(config, lora=lora, kernels=kernels, rngs=rngs)
+                Block(config, lora=lora, kernels=kernels, rngs=rngs, activations=activations)
                 for _ in range(config.num_hidden_layers)
             ]
         )
@@ -129,13 +156,26 @@ class LlamaModel(nnx.Module):
 class LlamaForCausalLM(nnx.Module):
     """Causal LM: `model(input_ids_BT, attention_mask_BT, ...)` -> float32 logits [B, T, V].
 
-    The kernel table (model/kernels.py) is chosen here, once, from `config.kernels`."""
+    The kernel table (model/kernels.py) is chosen here, once, from `config.kernels` and the
+    devices of `mesh` (this process's devices without one); with a mesh the activations are
+    constrained by the logical-axis `rules` (sharding.ActivationSharding)."""
 
-    def __init__(self, config: ModelConfig, *, lora: LoraConfig | None = None, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        config: ModelConfig,
+        *,
+        lora: LoraConfig | None = None,
+        rngs: nnx.Rngs,
+        mesh: Mesh | None = None,
+        rules: Rules | None = None,
+    ):
         self.config = config
         self.lora_config = lora
-        kernels = choose(config)
-        self.model = LlamaModel(config, lora=lora, kernels=kernels, rngs=rngs)
+        kernels = choose(config, None if mesh is None else list(mesh.devices.flat))
+        self.activations = ActivationSharding(mesh, freeze_rules(rules))
+        self.model = LlamaModel(
+            config, lora=lora, kernels=kernels, rngs=rngs, activations=self.activations
+        )
         if config.tie_word_embeddings:
             self.lm_head = None
         else:
@@ -160,6 +200,7 @@ class LlamaForCausalLM(nnx.Module):
         *,
         positions_BT: jax.Array | None = None,
         segment_ids_BT: jax.Array | None = None,
+        role_ids_BT: jax.Array | None = None,
         mask_BTS: jax.Array | None = None,
         cache: KVCache | None = None,
         output_index_BL: jax.Array | None = None,
@@ -190,12 +231,14 @@ class LlamaForCausalLM(nnx.Module):
         if positions_BT is None:
             positions_BT = offset_B[:, None] + jnp.cumsum(valid_BT, axis=-1, dtype=jnp.int32) - 1
             positions_BT = jnp.maximum(positions_BT, 0)
-        allowed_BTS = build_mask(
+        mask = build_mask(
             key_valid_BS,
             end_index if cache is not None else 0,
             t,
             segment_ids_BT=segment_ids_BT,
+            role_ids_BT=role_ids_BT,
             mask_BTS=mask_BTS,
+            with_codes=cache is None,
         )
         policy = self.config.remat
         run = (
@@ -213,15 +256,13 @@ class LlamaForCausalLM(nnx.Module):
         # positions lie in [0, T) without a cache (training rows, prompts) and in [0, S) with one
         num_positions = t if cache is None else cache.max_length
         rope = rope_tables(positions_BT, inv_frequencies(self.config), num_positions)
-        x_BTD = self.model.embed_tokens(input_ids_BT)
+        x_BTD = self.activations.constrain(self.model.embed_tokens(input_ids_BT), ROWS)
         new_k, new_v = [], []
         last = len(self.model.layers) - 1
         for i, block in enumerate(self.model.layers):
             kv_BKSH = None if cache is None else (cache.k[i], cache.v[i])
             query_index_BL = output_index_BL if i == last else None
-            x_BTD, kv_BKSH = run(
-                block, x_BTD, rope, allowed_BTS, kv_BKSH, end_index, query_index_BL
-            )
+            x_BTD, kv_BKSH = run(block, x_BTD, rope, mask, kv_BKSH, end_index, query_index_BL)
             if cache is not None:
                 new_k.append(kv_BKSH[0])
                 new_v.append(kv_BKSH[1])

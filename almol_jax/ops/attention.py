@@ -13,16 +13,35 @@ key gets zeros (`zero_keyless_rows`, the one place that rule is written).
   attention (model/attention.py) and the CPU wing's hand-written-backward attention
   (cpu/softmax_attention.py) are built from them.
 
+`Mask` is what the kernel table's attention receives: the bool [B, T, S] mask, and where that
+mask is causal + segment + role (training rows, uncached prefill) the per-token codes from which
+a flash kernel (almol_jax/tpu/flash_attention.py) builds it tile by tile.
+
 Numerics of `probabilities`: float32 scores and softmax whatever the input dtype; the
 probabilities are returned in the input dtype. Hidden keys get the additive bias NEG_INF.
 """
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 
 NEG_INF = -1e30  # a hidden key's additive score bias, and the logit of a padded vocabulary row
+INVALID_KEY = -(1 << 30)  # the code of a padding key: its segment (code >> 2) matches no query's
+
+
+class Mask(NamedTuple):
+    """An attention mask: `dense_BTS` (bool, True = visible) always; the codes when the mask is
+    "key index <= q_pos AND same segment AND (key role == 0 (prompt) OR key role == query role)":
+    q_code_BT = segment << 2 | role of each query, k_code_BS = the same for each valid key
+    (INVALID_KEY for padding), q_pos_BT = each query's key index. Segments are >= 0."""
+
+    dense_BTS: jax.Array
+    q_code_BT: jax.Array | None = None
+    k_code_BS: jax.Array | None = None
+    q_pos_BT: jax.Array | None = None
 
 
 def mask_to_bias(mask_BTS: jax.Array) -> jax.Array:

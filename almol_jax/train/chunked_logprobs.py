@@ -23,7 +23,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from almol_jax.data.prefix_sharing import ROLE_CHOSEN, ROLE_REJECTED, role_mask_BTS
+from almol_jax.data.prefix_sharing import ROLE_CHOSEN, ROLE_REJECTED
 
 DEFAULT_VOCAB_CHUNK = 8192
 
@@ -57,12 +57,17 @@ def label_logprobs(
     vocab_size: int,
     vocab_chunk: int = DEFAULT_VOCAB_CHUNK,
     dtype=None,
+    constrain=None,
 ) -> jax.Array:
     """log softmax(h @ w)[label] over the first `vocab_size` columns: float32 [B, L].
 
     Matmuls run in `dtype` (default: h's dtype) with float32 accumulation, like the model's
     lm_head_logits. Columns >= vocab_size (vocabulary padding) are excluded from the normaliser.
+    `constrain(x, names)` (the model's sharding.ActivationSharding.constrain) keeps each chunk's
+    logits split by rows, so that FSDP gathers the lm_head chunk instead of all-reducing
+    [rows, L, chunk] partial sums.
     """
+    constrain = constrain or (lambda x, names: x)
     dtype = dtype or h_BLD.dtype
     h_BLD = h_BLD.astype(dtype)
     w_DV = w_DV.astype(dtype)
@@ -79,6 +84,7 @@ def label_logprobs(
         first = jnp.minimum(start, vp - c)
         w_DC = jax.lax.dynamic_slice_in_dim(w_DV, first, c, axis=1)
         logits_BLC = jnp.einsum("bld,dc->blc", h_BLD, w_DC, preferred_element_type=jnp.float32)
+        logits_BLC = constrain(logits_BLC, ("batch", "length", "vocab"))
         col_C = first + jnp.arange(c)
         if vocab_size < vp or vp % c:
             keep_C = (col_C < vocab_size) & (col_C >= start)
@@ -102,7 +108,7 @@ def response_logprobs(model, batch, *, vocab_chunk: int = DEFAULT_VOCAB_CHUNK):
         batch["attention_mask"],
         positions_BT=batch["positions"],
         segment_ids_BT=batch["segment_ids"],
-        mask_BTS=role_mask_BTS(batch["role_ids"]),
+        role_ids_BT=batch["role_ids"],  # prompt shared, responses apart (a flash kernel's codes)
         output_index_BL=batch["label_src"],  # the last layer works at label positions only
     )
     logp_BL = label_logprobs(
@@ -112,6 +118,7 @@ def response_logprobs(model, batch, *, vocab_chunk: int = DEFAULT_VOCAB_CHUNK):
         vocab_size=model.config.vocab_size,
         vocab_chunk=vocab_chunk,
         dtype=model.config.compute_dtype,
+        constrain=model.activations.constrain,
     )
     return sums_by_pair(logp_BL, batch)
 

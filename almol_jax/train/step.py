@@ -237,26 +237,31 @@ def state_shardings(trainable_shardings, tx: optax.GradientTransformation, train
     return TrainState(trainable=trainable_shardings, opt_state=opt_shardings, step=replicated)
 
 
+def _platform(sharding) -> str:
+    """The platform of the devices a program is compiled for (its shardings' mesh)."""
+    return next(iter(sharding.device_set)).platform
+
+
 def build_train_step(*, state_sharding, frozen_sharding, batch_sharding, replicated):
     """jax.jit(train_step) with explicit shardings, the state donated, (graphdef, settings) static
-    (and the "train_step" XLA:CPU options on the CPU backend)."""
+    (and the "train_step" XLA:CPU options when the mesh's devices are CPUs)."""
     return jax.jit(
         train_step,
         static_argnames=("graphdef", "settings"),
         in_shardings=(state_sharding, frozen_sharding, batch_sharding),
         out_shardings=(state_sharding, replicated),
         donate_argnames=("state",),
-        compiler_options=runtime.compiler_options("train_step"),
+        compiler_options=runtime.compiler_options("train_step", _platform(replicated)),
     )
 
 
 def build_eval_step(*, trainable_sharding, frozen_sharding, batch_sharding, replicated):
     """jax.jit(eval_step) with explicit shardings and (graphdef, settings) static (and
-    the "train_step" XLA:CPU options on the CPU backend)."""
+    the "train_step" XLA:CPU options when the mesh's devices are CPUs)."""
     return jax.jit(
         eval_step,
         static_argnames=("graphdef", "settings"),
         in_shardings=(trainable_sharding, frozen_sharding, batch_sharding),
         out_shardings=replicated,
-        compiler_options=runtime.compiler_options("train_step"),
+        compiler_options=runtime.compiler_options("train_step", _platform(replicated)),
     )

@@ -1,0 +1,99 @@
+"""Ahead-of-time compiles of the run's programs for TPU and GPU targets on this CPU host
+(bench/aot_compile.py): a float32 model for v5e:2x4 (kernels chosen for the TPU, the Pallas flash
+attention inside; no XLA:CPU option), an 8 x H200 compile with the configured shardings, and an
+oversized batch reported as not fitting on TPU (the compiler's RESOURCE_EXHAUSTED, exit 3)."""
+
+from __future__ import annotations
+
+import jax
+
+from almol_jax.cpu import runtime
+from almol_jax.model import kernels
+from bench import aot_compile
+from tests.aot_fixtures import SMALL_BF16, programs
+
+ROWS, ROW_LEN, LABELS = 8, 192, 128
+
+
+def _same_shardings(compiled_tree, configured_tree, ndims_tree) -> int:
+    """Asserts each compiled input sharding equals the configured one; returns how many are
+    split over more than one device (the check must see real sharding)."""
+    split = 0
+    for got, want, ndim in zip(
+        jax.tree.leaves(compiled_tree),
+        jax.tree.leaves(configured_tree),
+        jax.tree.leaves(ndims_tree),
+        strict=True,
+    ):
+        assert got.is_equivalent_to(want, ndim), (got, want)
+        split += not want.is_fully_replicated
+    return split
+
+
+def _check_inputs(p, compiled, batch_rows):
+    state_sh, frozen_sh = compiled.input_shardings[0][:2]
+    ndims = jax.tree.map(lambda x: len(x.shape), (p.state, p.frozen))
+    assert _same_shardings((state_sh, frozen_sh), (p.state_sh, p.frozen_sh), ndims) > 0
+    batch_sh = compiled.input_shardings[0][2]
+    want = p.batch(batch_rows, ROW_LEN, LABELS)
+    assert batch_sh["input_ids"].is_equivalent_to(want["input_ids"].sharding, 2)
+
+
+def test_float32_model_compiles_for_tpu_v5e_with_tpu_kernels():
+    p = programs("v5e-8", [f"train.micro_batch_size={ROWS}", "train.grad_accum=1"])
+    devices = list(p.mesh.devices.flat)
+    assert devices[0].platform == "tpu" and jax.default_backend() == "cpu"
+    assert p.config.compute_dtype == jax.numpy.float32
+    assert kernels.choose(p.config, devices) is kernels.PORTABLE["flash"]  # not the host's cpu
+    assert runtime.compiler_options("train_step", "tpu") is None
+    compiled = p.lowered("train", ROWS, ROW_LEN, LABELS).compile()
+    assert "tpu_custom_call" in compiled.as_text()  # the Pallas (Mosaic) attention kernel
+    _check_inputs(p, compiled, ROWS)
+    assert compiled.memory_analysis().temp_size_in_bytes > 0
+
+
+def test_h200_compile_keeps_the_configured_shardings():
+    p = programs("h200x8", [f"train.micro_batch_size={ROWS}", "train.grad_accum=1"])
+    devices = list(p.mesh.devices.flat)
+    assert devices[0].device_kind.startswith("NVIDIA H200") and len(devices) == 8
+    assert kernels.choose(p.config, devices) is kernels.PORTABLE["xla"]  # float32: no cuDNN
+    compiled = p.lowered("train", ROWS, ROW_LEN, LABELS).compile()
+    _check_inputs(p, compiled, ROWS)
+
+
+def test_oversized_batch_is_reported_not_fitting_on_tpu(capsys):
+    overrides = [*SMALL_BF16, "model.overrides.num_hidden_layers=4", "model.remat=none"]
+    overrides += ["mesh.data=1", "mesh.fsdp=-1", "train.micro_batch_size=4096"]
+    args = ["--config", "configs/tiny.yaml", "--target", "v5e-8", "--programs", "train"]
+    code = aot_compile.main([*args, "--row-len", "1024", *overrides, "train.grad_accum=1"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert code == 3
+    assert lines[-1].startswith("aot target=v5e-8 fits=false peak_gib=")
+    assert lines[-1].endswith("hbm_gib=15.75")
+    assert any("RESOURCE_EXHAUSTED" in line for line in lines), lines
+
+
+def test_gpu_check_serialized_executable_path(tmp_path):
+    """bench/gpu_check.sh's AOT part where no GPU is: the H200 twin's executable is compiled and
+    serialized by a CPU-only process, and the same serialize / deserialize_and_load round trip
+    runs a CPU executable equal to the jitted program (loading the GPU one needs the card)."""
+    import pickle
+    import subprocess
+
+    import numpy as np
+    from jax.experimental import serialize_executable
+
+    from bench import gpu_check
+
+    assert subprocess.run(["bash", "-n", "bench/gpu_check.sh"], check=False).returncode == 0
+    path = tmp_path / "h200.pickle"
+    gpu_check.compile_for_gpu(str(path), "h200")
+    payload, in_tree, out_tree = pickle.loads(path.read_bytes())
+    assert len(payload) > 1000 and in_tree.num_leaves == 2
+    x, w = gpu_check.aot_inputs()
+    compiled = jax.jit(gpu_check.aot_program).lower(x, w).compile()
+    loaded = serialize_executable.deserialize_and_load(
+        *serialize_executable.serialize(compiled), execution_devices=jax.devices()[:1]
+    )
+    want = jax.jit(gpu_check.aot_program)(x, w)
+    np.testing.assert_allclose(loaded(x, w), want, rtol=0, atol=0)
