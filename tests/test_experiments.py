@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -27,6 +26,7 @@ from almol_jax.directions import DIRECTIONS
 from almol_jax.experiments.arms import DataFiles, Layout, arm_run_config, write_config
 from almol_jax.experiments.bootstrap import paired_interval
 from almol_jax.experiments.config import ARMS, SEEDED_ARMS, load_experiment
+from tests.readme_commands import command_argv
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -97,13 +97,9 @@ def test_paired_bootstrap_matches_scipy():
 
 
 def _readme_quick_command(out: Path) -> list[str]:
-    text = (REPO / "README.md").read_text(encoding="utf-8")
-    section = text[text.index("## Does the recipe work?") :]
-    line = next(m for m in re.findall(r"^python -m almol_jax\.experiments .*$", section, re.M)
-                if "--quick" in m)  # fmt: skip
-    args = shlex.split(line)
+    args = command_argv("Does the recipe work?", "--quick", ["python"])
     args[args.index("--output-dir") + 1] = str(out)
-    return [sys.executable, *args[1:]]
+    return [sys.executable, *args]
 
 
 def _same(value, expected, where):
