@@ -149,6 +149,8 @@ def check_train(cfg, peak: float) -> dict:
         need = m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes
         if need + m.temp_size_in_bytes <= 0.9 * limit:
             break
+    else:
+        raise SystemExit("error: not even one pair per card fits in 90% of the card's memory")
     state = placed.state
     for i in range(6):
         if i == 1:
