@@ -89,6 +89,14 @@ def fetch(
     return Path(local)
 
 
+def peft_base_name(source: str | None) -> str | None:
+    """What an exported adapter names as its ``base_model_name_or_path``: ``model.source`` as it
+    is, except ``checkpoint:NAME``, which PEFT cannot resolve: the converted local directory."""
+    if source is not None and source.startswith(CHECKPOINT_PREFIX) and not Path(source).exists():
+        return str(fetch_checkpoint(source[len(CHECKPOINT_PREFIX) :], progress=False))
+    return source
+
+
 def resolve_dir(
     value: str | os.PathLike, key: str, allow_patterns: Sequence[str], revision: str | None = None
 ) -> Path:

@@ -199,3 +199,20 @@ def test_checkpoint_source_resolves_to_the_cached_directory(converted):
     from almol_jax.hub import resolve_dir
 
     assert resolve_dir(f"checkpoint:{NAME}", "model.source", ()) == converted
+
+
+def test_exported_adapter_names_a_base_transformers_resolves(converted):
+    """An adapter of a `checkpoint:` run names the converted directory as its base, which is what
+    PEFT hands to transformers (`AutoConfig.from_pretrained(base_model_name_or_path)`); the bare
+    `checkpoint:` name is not a path or Hub id and transformers refuses it."""
+    import transformers
+
+    from almol_jax.hub import peft_base_name
+
+    base = peft_base_name(f"checkpoint:{NAME}")
+    assert Path(base) == converted
+    assert transformers.AutoConfig.from_pretrained(base).model_type == "llama"
+    with pytest.raises((OSError, ValueError)):
+        transformers.AutoConfig.from_pretrained(f"checkpoint:{NAME}", local_files_only=True)
+    assert peft_base_name("HuggingFaceTB/SmolLM2-135M") == "HuggingFaceTB/SmolLM2-135M"
+    assert peft_base_name(None) is None

@@ -26,6 +26,7 @@ from almol_jax.export.atomic import (
 from almol_jax.export.merged import export_merged
 from almol_jax.export.peft import export_peft
 from almol_jax.export.tensors import is_writer
+from almol_jax.hub import peft_base_name
 
 FORMATS = ("merged", "peft")
 BASE_SUBDIR = "base"
@@ -149,7 +150,7 @@ def export_run(
         tokenizer=tokenizer,
         dtype=dtype,
         max_shard_size=max_shard_size,
-        base_model_name_or_path=cfg.model.source,
+        base_model_name_or_path=peft_base_name(cfg.model.source),
         max_new_tokens=cfg.generation.max_new_tokens,
         overwrite=overwrite,
         run_dir=run_dir,
@@ -173,7 +174,7 @@ def export_from_config(cfg: Any, model: nnx.Module, tokenizer: Any) -> Path:
         tokenizer=tokenizer,
         dtype=ex.dtype,
         max_shard_size=ex.max_shard_size,
-        base_model_name_or_path=cfg.model.source,
+        base_model_name_or_path=peft_base_name(cfg.model.source),
         max_new_tokens=cfg.generation.max_new_tokens,
         overwrite=holds_export(target, cfg.output_dir),
         run_dir=cfg.output_dir,
