@@ -17,8 +17,8 @@ import optax
 import pytest
 import transformers
 from flax import nnx
+from train_runs import tiny_lora_run
 
-from almol_jax.config import RunConfig, dump_config
 from almol_jax.data.tokenizer import byte_tokenizer
 from almol_jax.export import export_from_config, export_run, load_peft_adapter
 from almol_jax.export.__main__ import main as export_cli
@@ -43,18 +43,9 @@ def _forward(model, ids):
 def run(tmp_path_factory):
     """(run_dir, config, trained model) of a checkpointed tiny LoRA run."""
     run_dir = tmp_path_factory.mktemp("run")
-    cfg = RunConfig.from_dict(
-        {
-            "seed": 3,
-            "output_dir": str(run_dir),
-            "model": {"preset": "tiny", "overrides": {"vocab_size": 260}},
-            "lora": {"enabled": True, "r": 4, "alpha": 8.0},
-            "export": {"dir": str(run_dir / "export_at_end"), "format": "merged"},
-        }
+    cfg, model = tiny_lora_run(
+        run_dir, export={"dir": str(run_dir / "export_at_end"), "format": "merged"}
     )
-    dump_config(cfg, run_dir / "config.yaml")
-    byte_tokenizer().save_pretrained(run_dir / "tokenizer")
-    model = build_run_model(cfg)
     leaves, treedef = jax.tree.flatten(nnx.state(model, LoRAParam))
     keys = jax.random.split(jax.random.key(11), len(leaves))
     trained = [

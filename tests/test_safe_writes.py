@@ -16,9 +16,8 @@ import jax
 import optax
 import pytest
 from flax import nnx
-from train_runs import REPO, env_with_devices
+from train_runs import REPO, env_with_devices, tiny_lora_run
 
-from almol_jax.config import RunConfig, dump_config
 from almol_jax.data.tokenizer import byte_tokenizer
 from almol_jax.errors import UserError
 from almol_jax.export import export_from_config, export_run
@@ -27,7 +26,6 @@ from almol_jax.run.checkpoint import INCOMPLETE, RunCheckpointer, best_step, lat
 from almol_jax.run.disk import DiskWriteError
 from almol_jax.run.locate import choose_step
 from almol_jax.run.restore import restore_for_inference
-from almol_jax.run.setup import build_run_model
 from almol_jax.train.metrics_log import read_metrics, truncate_metrics
 from almol_jax.train.step import init_train_state
 
@@ -36,17 +34,7 @@ from almol_jax.train.step import init_train_state
 def run(tmp_path_factory):
     """A tiny LoRA run directory with checkpoints 3 (val_loss 0.5) and 7 (val_loss 0.9)."""
     run_dir = tmp_path_factory.mktemp("run")
-    cfg = RunConfig.from_dict(
-        {
-            "seed": 3,
-            "output_dir": str(run_dir),
-            "model": {"preset": "tiny", "overrides": {"vocab_size": 260}},
-            "lora": {"enabled": True, "r": 4, "alpha": 8.0},
-        }
-    )
-    dump_config(cfg, run_dir / "config.yaml")
-    byte_tokenizer().save_pretrained(run_dir / "tokenizer")
-    model = build_run_model(cfg)
+    cfg, model = tiny_lora_run(run_dir)
     state = init_train_state(nnx.state(model, LoRAParam), optax.adam(1e-3))
     ckpt = RunCheckpointer(run_dir, async_save=False)
     for step, loss in ((3, 0.5), (7, 0.9)):

@@ -35,6 +35,27 @@ SMALL = (
 )
 
 
+def tiny_lora_run(run_dir: Path, **sections):
+    """(config, model) of a tiny LoRA run directory laid out as the training loop lays it out
+    (config.yaml, tokenizer/); `sections` are extra config sections. No checkpoint yet."""
+    from almol_jax.config import RunConfig, dump_config
+    from almol_jax.data.tokenizer import byte_tokenizer
+    from almol_jax.run.setup import build_run_model
+
+    cfg = RunConfig.from_dict(
+        {
+            "seed": 3,
+            "output_dir": str(run_dir),
+            "model": {"preset": "tiny", "overrides": {"vocab_size": 260}},
+            "lora": {"enabled": True, "r": 4, "alpha": 8.0},
+            **sections,
+        }
+    )
+    dump_config(cfg, run_dir / "config.yaml")
+    byte_tokenizer().save_pretrained(run_dir / "tokenizer")
+    return cfg, build_run_model(cfg)
+
+
 def overrides(run_dir, *extra: str) -> list[str]:
     return [*SMALL, f"output_dir={run_dir}", *extra]
 
