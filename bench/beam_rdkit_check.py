@@ -1,7 +1,7 @@
 """Benchmark: beam search with the SMILES grammar, with and without the final RDKit check.
 
     python bench/beam_rdkit_check.py --checkpoint runs/demo [--step N] [--limit 100] [--beams 4]
-        [--out /tmp/beam_rdkit_check]
+        [--out /tmp/beam_rdkit_check] [--reuse]
 
 Runs `eval.py --checkpoint RUN --directions caption2smiles --limit N --set generation.num_beams=W`
 three times in a row, in this order: grammar off (the reference), grammar on with
@@ -48,13 +48,20 @@ def run_one(args, label: str, sets: tuple[str, ...]) -> dict:
     for s in (f"generation.num_beams={args.beams}", *sets):
         cmd += ["--set", s]
     print("$", " ".join(cmd), flush=True)
-    subprocess.run(cmd, check=True, cwd=REPO)
+    if not (args.reuse and (out / DIRECTION / "metrics.json").is_file()):
+        subprocess.run(cmd, check=True, cwd=REPO)
     metrics = json.loads((out / DIRECTION / "metrics.json").read_text())
     with open(out / DIRECTION / "predictions.tsv", encoding="utf-8", newline="") as f:
-        outputs = [row["output"] for row in csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)]
+        outputs = [
+            row["output"] for row in csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+        ]
     metrics["parses"] = sum(parses(o) for o in outputs)
     metrics["rows"] = len(outputs)
     return metrics
+
+
+def _f(value, digits: int) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
 
 
 def row(label: str, m: dict) -> str:
@@ -62,13 +69,13 @@ def row(label: str, m: dict) -> str:
     cells = [
         label,
         f"{m['parses']} / {m['rows']}",
-        f"{m['validity']:.2f}",
-        f"{m['morgan_fts_molt5']:.3f} / {m['morgan_fts_lpm24']:.3f}",
-        f"{m['maccs_fts_molt5']:.3f} / {m['maccs_fts_lpm24']:.3f}",
-        f"{m['exact_match']:.2f}",
-        f"{m['bleu']:.3f}",
-        f"{m['levenshtein']:.1f}",
-        f"{gen['seconds']:.0f}",
+        _f(m["validity"], 2),
+        f"{_f(m['morgan_fts_molt5'], 3)} / {_f(m['morgan_fts_lpm24'], 3)}",
+        f"{_f(m['maccs_fts_molt5'], 3)} / {_f(m['maccs_fts_lpm24'], 3)}",
+        _f(m["exact_match"], 2),
+        _f(m["bleu"], 3),
+        _f(m["levenshtein"], 1),
+        _f(gen["seconds"], 0),
         f"{gen.get('smiles_rdkit_check')}",
     ]
     return "| " + " | ".join(cells) + " |"
@@ -81,6 +88,7 @@ def main(argv=None) -> int:
     p.add_argument("--limit", type=int, default=100)
     p.add_argument("--beams", type=int, default=4)
     p.add_argument("--out", default="/tmp/beam_rdkit_check")
+    p.add_argument("--reuse", action="store_true", help="reprint the reports already under --out")
     args = p.parse_args(argv)
     results = [(label, run_one(args, label, sets)) for label, sets in RUNS]
     print(f"\nbeam {args.beams}, {args.limit} test captions, checkpoint {args.checkpoint}")

@@ -178,7 +178,9 @@ def generate_texts(
 
     Rows stop at the model config's EOS or the tokenizer's EOS (the one training appends).
     With `settings.smiles_grammar` every output follows the SMILES grammar (the tables are built
-    from the tokenizer's vocabulary first, a few seconds).
+    from the tokenizer's vocabulary first, a few seconds); with `settings.rdkit_check_applies`
+    (grammar on, beam search) each row's output is its best-ranked finished beam whose SMILES
+    RDKit sanitises, else its best beam (rdkit_check.py).
     """
     settings = settings.validate()
     prompt_ids = encode_prompts(
