@@ -185,9 +185,12 @@ class _Decoding:
 
     def record(self, direction: str, seconds: float) -> dict[str, Any]:
         """The report's "generation" entry."""
+        settings = self.settings.for_direction(direction)
         return {
-            "method": self.settings.method,
-            "smiles_grammar": self.settings.for_direction(direction).smiles_grammar,
+            "method": settings.method,
+            "num_beams": settings.num_beams if settings.method == "beam" else 1,
+            "smiles_grammar": settings.smiles_grammar,
+            "smiles_rdkit_check": settings.rdkit_check_applies,
             "max_new_tokens": self.settings.max_new_tokens,
             "seconds": seconds,
             "mesh": None if self.mesh is None else dict(self.mesh.shape),

@@ -153,6 +153,9 @@ def test_set_without_config_overrides_the_runs_own_config(tiny_run, tmp_path):
     assert eval_cli.main([*args, *SCORING]) == 0
     metrics = json.loads((out / "smiles2caption" / "metrics.json").read_text())
     assert metrics["generation"]["max_new_tokens"] == 3  # the run's config says 16
+    # greedy captions: no grammar, no RDKit check among beams
+    assert metrics["generation"]["num_beams"] == 1
+    assert metrics["generation"]["smiles_rdkit_check"] is False
 
 
 def test_evaluate_checkpoint_adapters_off_is_the_base_model(tiny_run, tmp_path):

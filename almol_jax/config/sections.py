@@ -247,6 +247,11 @@ class GenerationSection:
         "caption2smiles only: mask every token that would break the SMILES grammar, so each output "
         "parses (docs/generation.md); off = the paper's unconstrained decoding.",
     )
+    smiles_rdkit_check: Literal["on", "off"] = _f(
+        "on",
+        "With smiles_grammar on and num_beams > 1: keep each row's best-ranked finished beam whose "
+        "SMILES RDKit sanitises, else the best beam (docs/generation.md); off = the best beam.",
+    )
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ Shares the prefill and one-token step with the greedy decoder (`kv_steps.py`).
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -151,10 +152,76 @@ def _beam_jit(
     carry += (seqs_BWN, scores_BW, finished_BW, unsatisfied_B1)
     carry += (grammar_tables.initial_states(batch * width),) if constrained else ()
     carry = jax.lax.while_loop(cond, body, carry)
-    best_BN = carry[6][:, 0, :]
-    lengths_B = first_eos_lengths(best_BN, eos_ids)
-    best_BN = jnp.where(jnp.arange(max_new)[None, :] < lengths_B[:, None], best_BN, pad_id)
-    return best_BN, lengths_B, carry[7][:, 0]
+    pool_BWN = carry[6]
+    lengths_BW = first_eos_lengths(pool_BWN.reshape(batch * width, max_new), eos_ids)
+    lengths_BW = lengths_BW.reshape(batch, width)
+    pool_BWN = jnp.where(jnp.arange(max_new) < lengths_BW[:, :, None], pool_BWN, pad_id)
+    return pool_BWN, lengths_BW, carry[7], carry[8]
+
+
+class BeamPool(NamedTuple):
+    """Each row's finished hypotheses, best first (HF's beam hypotheses pool, as numpy).
+
+    Slot w of row b holds a hypothesis when `finished[b, w]`; the finished slots come first,
+    ranked by `scores` (sum of log-probs / generated length ** length_penalty, HF's
+    `sequences_scores`). `tokens[b, w, :lengths[b, w]]` is its output (EOS included when it
+    stopped on one), pad id after it. Slot 0 is beam_search's answer.
+    """
+
+    tokens: np.ndarray  # [B, W, N] int32
+    lengths: np.ndarray  # [B, W] int32
+    scores: np.ndarray  # [B, W] float32
+    finished: np.ndarray  # [B, W] bool
+
+    def hypotheses(self, row: int) -> list[tuple[list[int], float]]:
+        """Row `row`'s finished hypotheses, best first: (token ids incl. EOS, score)."""
+        return [
+            (
+                [int(t) for t in self.tokens[row, w, : self.lengths[row, w]]],
+                float(self.scores[row, w]),
+            )
+            for w in range(self.tokens.shape[1])
+            if self.finished[row, w]
+        ]
+
+
+def beam_pool(
+    model,
+    input_ids_BP,
+    attention_mask_BP,
+    *,
+    settings: DecodeSettings,
+    adapters: bool = True,
+    split=None,
+    eos_ids: tuple[int, ...] | None = None,
+    grammar: grammar_tables.GrammarTables | None = None,
+) -> BeamPool:
+    """Beam search over left-padded prompts, returning every row's whole pool of finished
+    hypotheses (`grammar`: the SMILES grammar tables when `settings.smiles_grammar`, as in
+    decode_tokens). HF's `generate(num_beams=W, num_return_sequences=W)` returns the same."""
+    settings = settings.validate()
+    if settings.smiles_grammar and grammar is None:
+        raise ValueError("smiles_grammar=True needs the grammar tables (grammar=build_tables(...))")
+    input_ids_BP = jnp.asarray(input_ids_BP, dtype=jnp.int32)
+    attention_mask_BP = jnp.asarray(attention_mask_BP, dtype=jnp.int32)
+    if input_ids_BP.shape != attention_mask_BP.shape:
+        raise ValueError(f"{input_ids_BP.shape=} != {attention_mask_BP.shape=}")
+    graphdef, states = split if split is not None else split_model(model, adapters=adapters)
+    # Fields that do not change the program are fixed, so they never force a recompile.
+    static = settings.replace(
+        batch_size=1, prompt_buckets=(1,), method="beam", smiles_rdkit_check=True
+    )
+    pool = _beam_jit(
+        graphdef,
+        states,
+        input_ids_BP,
+        attention_mask_BP,
+        grammar if settings.smiles_grammar else None,
+        settings=static,
+        eos_ids=tuple(eos_ids) if eos_ids is not None else eos_ids_of(model.config),
+        pad_id=pad_id_of(model.config),
+    )
+    return BeamPool(*(np.asarray(x) for x in pool))
 
 
 def beam_search(
@@ -168,29 +235,19 @@ def beam_search(
     eos_ids: tuple[int, ...] | None = None,
     grammar: grammar_tables.GrammarTables | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Beam search over left-padded prompts (`grammar`: the SMILES grammar tables when
-    `settings.smiles_grammar`, as in decode_tokens).
+    """Beam search over left-padded prompts: the best hypothesis of each row's pool (beam_pool).
 
     Returns (best tokens `[B, N]` int32 padded after EOS, lengths `[B]`, scores `[B]` float32:
     the sum of log-probs divided by length ** length_penalty, as HF's `sequences_scores`).
     """
-    settings = settings.validate()
-    if settings.smiles_grammar and grammar is None:
-        raise ValueError("smiles_grammar=True needs the grammar tables (grammar=build_tables(...))")
-    input_ids_BP = jnp.asarray(input_ids_BP, dtype=jnp.int32)
-    attention_mask_BP = jnp.asarray(attention_mask_BP, dtype=jnp.int32)
-    if input_ids_BP.shape != attention_mask_BP.shape:
-        raise ValueError(f"{input_ids_BP.shape=} != {attention_mask_BP.shape=}")
-    graphdef, states = split if split is not None else split_model(model, adapters=adapters)
-    static = settings.replace(batch_size=1, prompt_buckets=(1,), method="beam")
-    tokens_BN, lengths_B, scores_B = _beam_jit(
-        graphdef,
-        states,
+    pool = beam_pool(
+        model,
         input_ids_BP,
         attention_mask_BP,
-        grammar if settings.smiles_grammar else None,
-        settings=static,
-        eos_ids=tuple(eos_ids) if eos_ids is not None else eos_ids_of(model.config),
-        pad_id=pad_id_of(model.config),
+        settings=settings,
+        adapters=adapters,
+        split=split,
+        eos_ids=eos_ids,
+        grammar=grammar,
     )
-    return np.asarray(tokens_BN), np.asarray(lengths_B), np.asarray(scores_B)
+    return pool.tokens[:, 0], pool.lengths[:, 0], pool.scores[:, 0]

@@ -147,4 +147,4 @@ def decode_tokens(
 
 def _static_part(settings: DecodeSettings) -> DecodeSettings:
     """Drops fields that do not change the compiled program, so they do not force recompiles."""
-    return settings.replace(batch_size=1, prompt_buckets=(1,))
+    return settings.replace(batch_size=1, prompt_buckets=(1,), smiles_rdkit_check=True)

@@ -35,6 +35,9 @@ class DecodeSettings:
     early_stopping: bool = False
     # Mask tokens that would break the SMILES grammar (caption2smiles; generation/grammar_tables.py).
     smiles_grammar: bool = False
+    # With the grammar on and beam search: keep each row's best-ranked finished beam whose SMILES
+    # RDKit sanitises, else the best beam (host side, after decoding; generation/rdkit_check.py).
+    smiles_rdkit_check: bool = True
     # Rows per compiled batch (padded with dummy rows; must divide by the mesh's batch shards).
     batch_size: int = 8
     # Prompts are left-padded to the smallest bucket that holds them (static shapes, few compiles).
@@ -67,6 +70,16 @@ class DecodeSettings:
         if self.smiles_grammar and direction != SMILES_DIRECTION:
             return self.replace(smiles_grammar=False)
         return self
+
+    @property
+    def rdkit_check_applies(self) -> bool:
+        """Whether the RDKit check picks among the beams: grammar on, beam search, 2+ beams."""
+        return (
+            self.smiles_rdkit_check
+            and self.smiles_grammar
+            and self.method == "beam"
+            and self.num_beams > 1
+        )
 
     def replace(self, **changes) -> DecodeSettings:
         """A validated copy with some fields changed."""

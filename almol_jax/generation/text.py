@@ -16,6 +16,8 @@ from typing import Any
 import jax
 import numpy as np
 
+from almol_jax.generation import rdkit_check
+from almol_jax.generation.beam import beam_pool
 from almol_jax.generation.decode import decode_tokens
 from almol_jax.generation.kv_steps import eos_ids_of, pad_id_of, split_model
 from almol_jax.generation.settings import DecodeSettings
@@ -95,12 +97,15 @@ def generate_token_ids(
     rules=None,
     on_batch: Callable[[int, int], None] | None = None,
     grammar=None,
+    accept: Callable[[list[int]], bool] | None = None,
 ) -> list[list[int]]:
     """Decodes already-encoded prompts (each BOS + tokens); returns output ids without EOS.
 
     `eos_ids` defaults to the model config's EOS. With sampling, batch n uses
     `fold_in(key, n)`, so a run is reproducible for a given key, prompts and settings.
     `grammar`: the SMILES grammar tables, needed when `settings.smiles_grammar`.
+    `accept`: with `settings.rdkit_check_applies`, a test of a hypothesis' output ids (EOS
+    stripped); each row keeps its best-ranked finished beam that passes, else the best beam.
     """
     settings = settings.validate()
     config = model.config
@@ -127,21 +132,33 @@ def generate_token_ids(
         if sharding is not None:
             ids_BP, mask_BP = jax.device_put(ids_BP, sharding), jax.device_put(mask_BP, sharding)
         batch_key = None if key is None else jax.random.fold_in(key, n)
-        tokens_BN, lengths_B = decode_tokens(
+        tokens_BN, lengths_B = _decode_batch(
             model,
             ids_BP,
             mask_BP,
-            settings=settings,
+            dict(settings=settings, split=split, eos_ids=eos_ids, grammar=grammar),
             key=batch_key,
-            split=split,
-            eos_ids=eos_ids,
-            grammar=grammar,
+            accept=accept,
+            rows=len(idx),
         )
         for row, i in enumerate(idx):
             outputs[i] = strip_output(tokens_BN[row], int(lengths_B[row]), eos_ids)
         if on_batch is not None:
             on_batch(n + 1, len(plan))
     return outputs  # type: ignore[return-value]
+
+
+def _decode_batch(model, ids_BP, mask_BP, args: dict, *, key, accept, rows: int):
+    """One batch's (tokens `[B, N]`, lengths `[B]`); with the RDKit check on, each of the first
+    `rows` rows holds its best-ranked finished beam that `accept` passes, else its best beam."""
+    if accept is None or not args["settings"].rdkit_check_applies:
+        return decode_tokens(model, ids_BP, mask_BP, key=key, **args)
+    pool = beam_pool(model, ids_BP, mask_BP, **args)
+
+    def passes(b: int, w: int) -> bool:
+        return accept(strip_output(pool.tokens[b, w], int(pool.lengths[b, w]), args["eos_ids"]))
+
+    return rdkit_check.chosen(pool, rdkit_check.choose_slots(pool, passes, rows=rows))
 
 
 def generate_texts(
@@ -161,7 +178,9 @@ def generate_texts(
 
     Rows stop at the model config's EOS or the tokenizer's EOS (the one training appends).
     With `settings.smiles_grammar` every output follows the SMILES grammar (the tables are built
-    from the tokenizer's vocabulary first, a few seconds).
+    from the tokenizer's vocabulary first, a few seconds); with `settings.rdkit_check_applies`
+    (grammar on, beam search) each row's output is its best-ranked finished beam whose SMILES
+    RDKit sanitises, else its best beam (rdkit_check.py).
     """
     settings = settings.validate()
     prompt_ids = encode_prompts(
@@ -175,6 +194,10 @@ def generate_texts(
         from almol_jax.generation.grammar_tables import build_tables
 
         grammar = build_tables(tokenizer, model.config.vocab_size, sorted(eos_ids))
+
+    def accept(ids: list[int]) -> bool:  # the RDKit check of beam search (rdkit_check.py)
+        return rdkit_check.sanitizes(tokenizer.decode(ids, skip_special_tokens=True).strip())
+
     out_ids = generate_token_ids(
         model,
         prompt_ids,
@@ -186,6 +209,7 @@ def generate_texts(
         rules=rules,
         on_batch=on_batch,
         grammar=grammar,
+        accept=accept,
     )
     return [tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in out_ids]
 
@@ -208,6 +232,7 @@ def settings_from_config(run_config: Any, **changes) -> DecodeSettings:
         top_p=gen.top_p,
         num_beams=max(gen.num_beams, 1),
         smiles_grammar=gen.smiles_grammar == "on",
+        smiles_rdkit_check=gen.smiles_rdkit_check == "on",
         batch_size=gen.batch_size,
         prompt_buckets=tuple(buckets),
     )
