@@ -64,6 +64,9 @@ def run_config(config_path: str, overrides: list[str], platform: str = "tpu"):
     if source is not None and not (Path(source) / "config.json").is_file():
         print(f"model.source={source!r} is not a local checkpoint: shapes of model.preset")
         overrides = [*overrides, "model.source=null"]
+        if cfg.tokenizer.kind == "hf":
+            # nothing is tokenized here; the resolved path (the source) keeps the config valid
+            overrides.append(f"tokenizer.path={cfg.tokenizer.path}")
     no_cudnn = importlib.util.find_spec("nvidia") is None or (
         importlib.util.find_spec("nvidia.cudnn") is None
     )

@@ -177,7 +177,7 @@ def test_remat_same_values_and_grads():
         return model(ids, mask).std()
 
     l0, g0 = nnx.jit(nnx.value_and_grad(loss))(m0)
-    for remat in ("full", "dots"):
+    for remat in ("full", "dots", "offload"):
         m1 = build_model(CFG.replace(remat=remat), rngs=2)
         nnx.update(m1, nnx.state(m0))
         l1, g1 = nnx.jit(nnx.value_and_grad(loss))(m1)

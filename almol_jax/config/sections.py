@@ -61,7 +61,9 @@ class ModelSection:
         " Pallas TPU kernel), auto = flash on TPU, cudnn on GPU in bf16/fp16, else xla.",
     )
     remat: Literal[REMAT_NAMES] = _f(
-        "none", "Rematerialisation per block: none, full, dots (= dots_saveable)."
+        "none",
+        "Rematerialisation per block: none, full, dots (= dots_saveable), offload (full with each"
+        " block's input kept in host memory: TPU/GPU, docs/tpu.md).",
     )
 
 

@@ -20,11 +20,20 @@ from almol_jax.model.kernels import ATTENTION_IMPLS, KERNEL_SETS
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 _ROPE_TYPES = ("default", "linear", "llama3")
-# per-block rematerialisation: name -> jax.checkpoint policy (None: save nothing); "none" = off
+# per-block rematerialisation: name -> jax.checkpoint policy (None: save nothing); "none" = off.
+# "offload": like "full", but each block's input (named BLOCK_INPUT in model/llama.py) is kept
+# in the host's pinned memory instead of the device's (TPU/GPU; MaxText's `remat_policy: offload`)
+BLOCK_INPUT = "block_input"
 REMAT_POLICIES = {
     "full": None,
     "dots": jax.checkpoint_policies.dots_saveable,
     "dots_saveable": jax.checkpoint_policies.dots_saveable,
+    "offload": jax.checkpoint_policies.save_and_offload_only_these_names(
+        names_which_can_be_saved=[],
+        names_which_can_be_offloaded=[BLOCK_INPUT],
+        offload_src="device",
+        offload_dst="pinned_host",
+    ),
 }
 REMAT_NAMES = ("none", *REMAT_POLICIES)
 

@@ -11,10 +11,11 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.ad_checkpoint import checkpoint_name
 from jax.sharding import Mesh
 
 from almol_jax.model.attention import Attention, build_mask, take_rows
-from almol_jax.model.config import REMAT_POLICIES, ModelConfig
+from almol_jax.model.config import BLOCK_INPUT, REMAT_POLICIES, ModelConfig
 from almol_jax.model.kernels import Kernels, choose
 from almol_jax.model.kv_cache import KVCache
 from almol_jax.model.lora import Linear, project
@@ -128,6 +129,8 @@ class Block(nnx.Module):
 
 
 def _run_block(block, x_BTD, rope, mask, kv_BKSH, end_index, query_index_BL=None):
+    # named so that a remat policy may keep (or offload) it; every use inside reads the name
+    x_BTD = checkpoint_name(x_BTD, BLOCK_INPUT)
     return block(x_BTD, rope, mask, kv_BKSH, end_index, query_index_BL)
 
 

@@ -36,6 +36,7 @@ from flax import nnx, struct
 
 from almol_jax.cpu import runtime
 from almol_jax.data.prefix_sharing import ROLE_CHOSEN
+from almol_jax.tpu import compiler_options as tpu_options
 from almol_jax.train import losses
 from almol_jax.train.chunked_logprobs import response_logprobs
 
@@ -242,6 +243,15 @@ def _platform(sharding) -> str:
     return next(iter(sharding.device_set)).platform
 
 
+def _compiler_options(sharding) -> dict | None:
+    """The "train_step" compiler options of the platform the step is compiled for: XLA:CPU's
+    (cpu/compiler_options.py) or XLA:TPU's (tpu/compiler_options.py)."""
+    platform = _platform(sharding)
+    if platform == "tpu":
+        return tpu_options.for_program("train_step", platform)
+    return runtime.compiler_options("train_step", platform)
+
+
 def build_train_step(*, state_sharding, frozen_sharding, batch_sharding, replicated):
     """jax.jit(train_step) with explicit shardings, the state donated, (graphdef, settings) static
     (and the "train_step" XLA:CPU options when the mesh's devices are CPUs)."""
@@ -251,7 +261,7 @@ def build_train_step(*, state_sharding, frozen_sharding, batch_sharding, replica
         in_shardings=(state_sharding, frozen_sharding, batch_sharding),
         out_shardings=(state_sharding, replicated),
         donate_argnames=("state",),
-        compiler_options=runtime.compiler_options("train_step", _platform(replicated)),
+        compiler_options=_compiler_options(replicated),
     )
 
 
@@ -263,5 +273,5 @@ def build_eval_step(*, trainable_sharding, frozen_sharding, batch_sharding, repl
         static_argnames=("graphdef", "settings"),
         in_shardings=(trainable_sharding, frozen_sharding, batch_sharding),
         out_shardings=replicated,
-        compiler_options=runtime.compiler_options("train_step", _platform(replicated)),
+        compiler_options=_compiler_options(replicated),
     )
