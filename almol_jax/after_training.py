@@ -10,8 +10,12 @@ directory (building or reusing the dataset), so every later step sees a plain HF
   through a temporary folder; it replaces the run's own earlier export (a folder whose
   almol_jax_export.json names this run, e.g. before a resume), and refuses a non-empty folder
   holding anything else;
-- a step-0 vs final table (test metrics, plus CPO's validation reward accuracy read from
-  metrics.jsonl), printed and written to `<run_dir>/after_training.{json,md}`.
+- with `eval.at_end_smiles_grammar` (and the grammar off in the run's config): caption2smiles of
+  the best checkpoint once more with `generation.smiles_grammar: on`, under
+  `<run_dir>/eval/test-step<N>-smiles-grammar/`;
+- a step-0 vs final table (test metrics, the grammar-on column where evaluated, plus CPO's
+  validation reward accuracy read from metrics.jsonl), printed and written to
+  `<run_dir>/after_training.{json,md}`.
 Plain host Python: the heavy lifting is in `evaluate_checkpoint` and `export_run`.
 """
 
@@ -27,6 +31,8 @@ from typing import Any
 SUMMARY_JSON = "after_training.json"
 SUMMARY_MD = "after_training.md"
 STEP0_DIR = "test-step0"
+GRAMMAR_SUFFIX = "-smiles-grammar"  # the grammar-on evaluation's folder: test-step<N> + this
+GRAMMAR_LABEL = "final, SMILES grammar on"
 
 # (metric key, label, higher is better) shown in the summary table, per direction.
 TABLE_METRICS: dict[str, tuple[tuple[str, str, bool], ...]] = {
@@ -100,8 +106,14 @@ def _fmt(value: float) -> str:
 
 def format_summary(summary: dict[str, Any]) -> str:
     """The step-0 vs final Markdown table of an `after_training` summary."""
-    lines = ["| direction | metric | step 0 | final | better |", "|---|---|---:|---:|:---:|"]
-    for direction, rows in summary.get("test", {}).items():
+    tests = summary.get("test", {})
+    grammar = any("grammar" in row for rows in tests.values() for row in rows)
+    extra = (f" {GRAMMAR_LABEL} |", "---:|") if grammar else ("", "")
+    lines = [
+        "| direction | metric | step 0 | final | better |" + extra[0],
+        "|---|---|---:|---:|:---:|" + extra[1],
+    ]
+    for direction, rows in tests.items():
         for row in rows:
             before, after = row["step0"], row["final"]
             if math.isfinite(before) and math.isfinite(after):
@@ -109,8 +121,10 @@ def format_summary(summary: dict[str, Any]) -> str:
                 better = "=" if _fmt(after) == _fmt(before) else better
             else:
                 better = "-"
+            cell = (f" {_fmt(row['grammar'])} |" if "grammar" in row else " |") if grammar else ""
             lines.append(
                 f"| {direction} | {row['label']} | {_fmt(before)} | {_fmt(after)} | {better} |"
+                + cell
             )
     val = summary.get("validation") or {}
     if val:
@@ -119,23 +133,35 @@ def format_summary(summary: dict[str, Any]) -> str:
             if key in first:
                 lines.append(
                     f"| validation | {key[5:]} | {_fmt(first[key])} (step {first['step']}) | "
-                    f"{_fmt(last[key])} (step {last['step']}) | |"
+                    f"{_fmt(last[key])} (step {last['step']}) | |" + (" |" if grammar else "")
                 )
     return "\n".join(lines)
 
 
-def _comparison(direction: str, before: dict, after: dict) -> list[dict[str, Any]]:
-    return [
-        {
-            "metric": key,
-            "label": label,
-            "higher_is_better": higher,
-            "step0": _float(before.get(key)),
-            "final": _float(after.get(key)),
-        }
-        for key, label, higher in TABLE_METRICS[direction]
-        if key in before or key in after
-    ]
+def _comparison(
+    direction: str, before: dict, after: dict, grammar: dict | None = None
+) -> list[dict[str, Any]]:
+    rows = []
+    for key, label, higher in TABLE_METRICS[direction]:
+        if key in before or key in after:
+            row = {"metric": key, "label": label, "higher_is_better": higher}
+            row.update(step0=_float(before.get(key)), final=_float(after.get(key)))
+            if grammar is not None:
+                row["grammar"] = _float(grammar.get(key))
+            rows.append(row)
+    return rows
+
+
+def _grammar_column(cfg: Any, directions: tuple[str, ...]) -> bool:
+    """Whether the grammar-on evaluation runs (asked for; the run's own decoding is free)."""
+    wanted = cfg.eval.at_end_smiles_grammar and "caption2smiles" in directions
+    return wanted and cfg.generation.smiles_grammar == "off"
+
+
+def _with_smiles_grammar(cfg: Any) -> Any:
+    return dataclasses.replace(
+        cfg, generation=dataclasses.replace(cfg.generation, smiles_grammar="on")
+    )
 
 
 def after_training(
@@ -189,12 +215,28 @@ def after_training(
             )
             out["seconds"][f"eval_{name}"] = time.perf_counter() - start
         out["best_step"] = choose_step(run_dir, "best")
-        out["eval_dirs"] = {
-            "step0": str(run_dir / "eval" / STEP0_DIR),
-            "final": str(run_dir / "eval" / f"test-step{out['best_step']}"),
-        }
+        final_dir = run_dir / "eval" / f"test-step{out['best_step']}"
+        out["eval_dirs"] = {"step0": str(run_dir / "eval" / STEP0_DIR), "final": str(final_dir)}
+        if _grammar_column(cfg, directions):
+            if progress:
+                print("evaluating the best model's caption2smiles with the SMILES grammar on")
+            start = time.perf_counter()
+            grammar_dir = final_dir.with_name(final_dir.name + GRAMMAR_SUFFIX)
+            results["grammar"] = evaluate_checkpoint(
+                _with_smiles_grammar(cfg),
+                run_dir,
+                adapters=True,
+                output_dir=grammar_dir,
+                step="best",
+                **dict(common, directions=("caption2smiles",)),
+            )
+            out["seconds"]["eval_grammar"] = time.perf_counter() - start
+            out["eval_dirs"]["grammar"] = str(grammar_dir)
         out["test"] = {
-            d: _comparison(d, results["step0"][d], results["final"][d]) for d in directions
+            d: _comparison(
+                d, results["step0"][d], results["final"][d], results.get("grammar", {}).get(d)
+            )
+            for d in directions
         }
     if cfg.export.at_end:
         from almol_jax.export.atomic import holds_export

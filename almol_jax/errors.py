@@ -43,6 +43,8 @@ def run_command(main: Callable[[list[str]], int | None], argv: Sequence[str] | N
     except UserError as err:
         if debug:
             traceback.print_exc()
-        print(f"error: {err}", file=sys.stderr)
+        sys.stderr.flush()  # one write of the whole line, after what is already buffered
+        sys.stderr.write(f"error: {err}\n")
+        sys.stderr.flush()
         return USER_ERROR_STATUS
     return 0 if status is None else int(status)

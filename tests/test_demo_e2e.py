@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from rdkit import Chem
 
 from almol_jax.after_training import (
     SUMMARY_JSON,
@@ -126,6 +127,23 @@ def test_format_summary_golden():
         "| validation | rewards/accuracies | 0.5000 (step 50) | 0.8750 (step 200) | |",
         "| validation | loss | 3.0000 (step 50) | 1.2500 (step 200) | |",
     ]
+    # the grammar-on evaluation adds a column, filled for the rows that have it
+    rows = summary["test"]["caption2smiles"]
+    rows[0]["grammar"], rows[1]["grammar"] = 0.75, math.nan
+    summary["test"]["smiles2caption"] = [
+        {"label": "BLEU-2", "higher_is_better": True, "step0": 0.0, "final": 0.5}
+    ]
+    assert format_summary(summary).splitlines() == [
+        "| direction | metric | step 0 | final | better | final, SMILES grammar on |",
+        "|---|---|---:|---:|:---:|---:|",
+        "| caption2smiles | validity | 0.0000 | 0.5000 | yes | 0.7500 |",
+        "| caption2smiles | Levenshtein | 40.0000 | 12.5000 | yes | n/a |",
+        "| caption2smiles | FCD | n/a | 3.0000 | - | |",
+        "| caption2smiles | BLEU | 0.0000 | 0.0000 | = | |",
+        "| smiles2caption | BLEU-2 | 0.0000 | 0.5000 | yes | |",
+        "| validation | rewards/accuracies | 0.5000 (step 50) | 0.8750 (step 200) | | |",
+        "| validation | loss | 3.0000 (step 50) | 1.2500 (step 200) | | |",
+    ]
 
 
 def test_validation_curve_keeps_eval_records_in_step_order(tmp_path):
@@ -162,6 +180,7 @@ def test_demo_run_evaluations_parse(demo_run):
     assert summary["eval_dirs"] == {
         "step0": str(demo_run / "eval" / "test-step0"),
         "final": str(demo_run / "eval" / f"test-step{best}"),
+        "grammar": str(demo_run / "eval" / f"test-step{best}-smiles-grammar"),
     }
     for which in ("step0", "final"):
         for direction, rows in TABLE_METRICS.items():
@@ -178,7 +197,20 @@ def test_demo_run_evaluations_parse(demo_run):
                 value = metrics.get(key)
                 value = math.nan if value is None else value
                 np.testing.assert_allclose(by_key[key][which], value, rtol=0, atol=0)
+    # the demo's third evaluation: caption2smiles of the best checkpoint with the SMILES grammar
+    out = Path(summary["eval_dirs"]["grammar"]) / "caption2smiles"
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["n"] == LIMIT and metrics["generation"]["smiles_grammar"]
+    outputs = read_tsv(out / "predictions.tsv", "caption2smiles").outputs
+    assert all(Chem.MolFromSmiles(s, sanitize=False) is not None for s in outputs), outputs
+    assert not (demo_run / "eval" / f"test-step{best}-smiles-grammar" / "smiles2caption").exists()
+    by_key = {r["metric"]: r for r in summary["test"]["caption2smiles"]}
+    for key, _, _ in TABLE_METRICS["caption2smiles"]:
+        value = math.nan if metrics.get(key) is None else metrics[key]
+        np.testing.assert_allclose(by_key[key]["grammar"], value, rtol=0, atol=0)
+    assert all("grammar" not in r for r in summary["test"]["smiles2caption"])
     table = (demo_run / SUMMARY_MD).read_text()
+    assert table.splitlines()[0].endswith("| better | final, SMILES grammar on |")
     assert "| smiles2caption | BLEU-2 |" in table and "| caption2smiles | validity |" in table
     assert "| validation | rewards/accuracies |" in table
 

@@ -10,6 +10,7 @@ import math
 import os
 import random
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -198,21 +199,39 @@ def _times(state, chunk):
 
 
 def _slow_with_pid(state, chunk):
+    parent_pid, marker = state
     time.sleep(0.0005 * len(chunk))
+    if os.getpid() != parent_pid:
+        marker.touch()
+    else:
+        _wait_for_a_worker(marker)
     return [(x, os.getpid()) for x in chunk]
 
 
-def _fails_in_workers(parent_pid, chunk):
-    time.sleep(0.0005 * len(chunk))
+def _wait_for_a_worker(marker: Path) -> None:
+    """This process's chunks wait until a worker has run `fn` once (else, on a slow machine, this
+    process could take every row before a worker starts, and nothing would fail)."""
+    deadline = time.monotonic() + 120
+    while not marker.exists():
+        assert time.monotonic() < deadline, "no worker process ran a chunk within 120 s"
+        time.sleep(0.01)
+
+
+def _fails_in_workers(state, chunk):
+    parent_pid, marker = state
     if os.getpid() != parent_pid:
+        marker.touch()
         raise KeyError("raised in a worker")
+    _wait_for_a_worker(marker)
     return list(chunk)
 
 
-def _dies_in_workers(parent_pid, chunk):
-    time.sleep(0.0005 * len(chunk))
+def _dies_in_workers(state, chunk):
+    parent_pid, marker = state
     if os.getpid() != parent_pid:
+        marker.touch()
         os._exit(3)
+    _wait_for_a_worker(marker)
     return list(chunk)
 
 
@@ -227,11 +246,12 @@ def test_map_chunks_parallel_equals_serial():
         map_chunks(_times, items, num_workers=0)
 
 
-def test_chunk_map_shares_rows_between_workers_and_this_process():
+def test_chunk_map_shares_rows_between_workers_and_this_process(tmp_path):
     from almol_jax.eval.parallel import ChunkMap
 
     items = list(range(2000))
-    with ChunkMap(_slow_with_pid, items, num_workers=3, progress=True) as work:
+    state = (os.getpid(), tmp_path / "a worker ran")
+    with ChunkMap(_slow_with_pid, items, state=state, num_workers=3, progress=True) as work:
         time.sleep(0.2)  # this process is busy elsewhere first; the workers start meanwhile
         got = work.results()
     assert [x for x, _ in got] == items
@@ -239,11 +259,12 @@ def test_chunk_map_shares_rows_between_workers_and_this_process():
     assert os.getpid() in pids and len(pids) >= 2  # the work was shared, nothing was lost
 
 
-def test_chunk_map_raises_worker_errors_and_deaths():
+def test_chunk_map_raises_worker_errors_and_deaths(tmp_path):
     from almol_jax.eval.parallel import map_chunks
 
     items = list(range(600))
+    failed, died = tmp_path / "failed", tmp_path / "died"
     with pytest.raises(KeyError, match="raised in a worker"):
-        map_chunks(_fails_in_workers, items, state=os.getpid(), num_workers=2)
+        map_chunks(_fails_in_workers, items, state=(os.getpid(), failed), num_workers=2)
     with pytest.raises(RuntimeError, match="worker process died"):
-        map_chunks(_dies_in_workers, items, state=os.getpid(), num_workers=2)
+        map_chunks(_dies_in_workers, items, state=(os.getpid(), died), num_workers=2)

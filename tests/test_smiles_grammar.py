@@ -367,6 +367,65 @@ def test_random_walks_through_the_mask_parse(which, tables, demo_tokenizer, bpe_
     assert np.mean(in_budget) >= 0.5, np.mean(in_budget)
 
 
+# ---- the exactly-run tokens: the fast paths equal a plain scan -------------------------------------
+
+FORCED = [
+    "C%10CC(C%11CC%11)C%10",
+    "[NH3+]CC(=O)[O-]",
+    "C1CC2(CC1)OC(=O)[C@@H]2N",
+    "c1ccc2[nH]ccc2c1",
+]
+
+
+def _forced_states(tables, rows: list[list[int]], every: int = 3) -> g.GrammarState:
+    """The states of `rows` teacher-forced through `advance`, every `every` tokens, stacked."""
+    width = max(len(r) for r in rows)
+    arr = np.zeros((len(rows), width), np.int32)  # 0 = <unk>, a non-candidate: a no-op
+    for k, r in enumerate(rows):
+        arr[k, : len(r)] = r
+    state, out = grammar_tables.initial_states(len(rows)), []
+    for t in range(width):
+        state = _advance(tables, state, jnp.asarray(arr[:, t]))
+        if t % every == every - 1:
+            out.append(state)
+    return jax.tree.map(lambda *xs: jnp.concatenate(xs), *out)
+
+
+@pytest.mark.parametrize("which", ["demo", "bpe"])
+def test_exact_runs_equal_a_plain_scan_on_the_whole_state(
+    which, tables, demo_tokenizer, bpe_tokenizer
+):
+    """The tokens the mask runs per row (digits, '%', ')', text after ']') are answered by
+    unrolled steps, and those without a digit or '%' on states without their ring labels plus
+    a distance offset: acceptance and the distance after each equal `run_chars` (a scan of the
+    token's characters on the whole state), on states of the demo data's test SMILES and of
+    SMILES with %nn labels, charges and brackets teacher-forced through the mask's `advance`."""
+    import json
+
+    from almol_jax.data.demo import build_demo_dataset
+
+    tok = demo_tokenizer if which == "demo" else bpe_tokenizer
+    test = build_demo_dataset(progress=False).pairs["test"].read_text().splitlines()
+    smiles = [json.loads(r)["SMILES"] for r in test[:60]] + FORCED
+    rows = [tok.encode(s, add_special_tokens=False) for s in smiles]
+    t = tables[which]
+    states = _forced_states(t, rows)
+    got_ok, got_dist = jax.jit(grammar_tables._exact_runs)(t, states)
+
+    @jax.jit
+    def scan_all(states, chars_RL):
+        def one(s, chars):
+            end = g.run_chars(s, chars)
+            return (end.bad == 0) & (end.vbad == s.vbad), g.distance(end)
+
+        return jax.vmap(lambda s: jax.vmap(lambda c: one(s, c))(chars_RL))(states)
+
+    want_ok, want_dist = scan_all(states, t.chars_VL[t.ring_ids])
+    assert np.asarray(want_ok).any() and not np.asarray(want_ok).all()  # the states vary
+    np.testing.assert_array_equal(np.asarray(got_ok), np.asarray(want_ok))
+    np.testing.assert_array_equal(np.where(want_ok, got_dist, 0), np.where(want_ok, want_dist, 0))
+
+
 # ---- decoding with the constraint on a tiny random model ---------------------------------------
 
 

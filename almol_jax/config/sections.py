@@ -268,6 +268,11 @@ class EvalSection:
         "both", "molt5: mean over valid outputs; lpm24: invalid counts 0, mean over all."
     )
     at_end: bool = _f(False, "Run the evaluation on data.test_files after training.")
+    at_end_smiles_grammar: bool = _f(
+        False,
+        "With at_end and generation.smiles_grammar off: evaluate caption2smiles of the best "
+        "checkpoint a second time with the grammar on (a column of the after-training table).",
+    )
     scibert_vocab: str | None = _f(
         None, "SciBERT vocab.txt (or its directory) for BLEU/METEOR; None = looked up."
     )
