@@ -121,7 +121,9 @@ def format_summary(summary: dict[str, Any]) -> str:
                 better = "=" if _fmt(after) == _fmt(before) else better
             else:
                 better = "-"
-            cell = (f" {_fmt(row['grammar'])} |" if "grammar" in row else " |") if grammar else ""
+            cell = ""
+            if grammar:  # a row the grammar-on evaluation did not score leaves the cell empty
+                cell = f" {_fmt(row['grammar'])} |" if "grammar" in row else " |"
             lines.append(
                 f"| {direction} | {row['label']} | {_fmt(before)} | {_fmt(after)} | {better} |"
                 + cell
