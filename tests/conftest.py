@@ -1,6 +1,8 @@
 """Shared pytest fixtures: CPU-only JAX, paths to ../shared/data (skipped when absent)."""
 
+import gc
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,3 +21,14 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"{SHARED_DATA} is absent (only the project's own machines have it)")
     return SHARED_DATA
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _drop_compiled_programs():
+    """One pytest process runs the whole suite; without this it keeps every program it ever
+    compiled (XLA executables, tracing caches) until it exits. Each test module's are dropped
+    when the module ends, so the process's memory stays near one module's."""
+    yield
+    if "jax" in sys.modules:
+        sys.modules["jax"].clear_caches()
+    gc.collect()

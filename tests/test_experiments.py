@@ -169,4 +169,5 @@ def test_quick_experiment_end_to_end_and_resume(tmp_path, shared_data):
     cmd = _readme_quick_command(out)
     first = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=3600)
     assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-4000:]
+    assert any((out / "compile_cache").iterdir())  # the stages shared JAX's compilation cache
     check_resume(out, cmd, check_report(out))

@@ -254,33 +254,41 @@ def test_token_texts(demo_tokenizer, bpe_tokenizer):
 # ---- no false rejections: ChEBI-20 test SMILES teacher-forced through the mask ----------------------
 
 
+CHUNK = 64  # tokens per call: one program for every row length (a scan per length compiles anew)
+
+
 @jax.jit
-def _teacher_force(tables, tokens_BN):
-    """bool [B, N]: whether each given token was allowed (pad after EOS counts as allowed)."""
+def _teacher_force(tables, state, tokens_BN):
+    """(the states after ``tokens_BN``, bool [B, N]: whether each token was allowed; pad after
+    EOS counts as allowed)."""
 
     def body(state, token_B):
         mask = grammar_tables.allowed_mask(tables, state)
         ok = mask[jnp.arange(token_B.shape[0]), token_B] | (token_B == PAD)
         return grammar_tables.advance(tables, state, token_B), ok
 
-    start = grammar_tables.initial_states(tokens_BN.shape[0])
-    return jax.lax.scan(body, start, tokens_BN.T)[1].T
+    state, ok = jax.lax.scan(body, state, tokens_BN.T)
+    return state, ok.T
 
 
 def blocked_rows(tables, rows: list[list[int]], group: int = 400) -> list[int]:
     """Indices of token rows (EOS appended) with a token the mask forbids; rows grouped by
-    length so the scan runs over similar lengths."""
+    length (a group of `group` rows, padded with PAD rows, runs CHUNK tokens per call)."""
     order = np.argsort([len(r) for r in rows], kind="stable")
     blocked = []
     for lo in range(0, len(rows), group):
         idx = order[lo : lo + group]
-        width = -(-(max(len(rows[i]) for i in idx) + 1) // 64) * 64
-        arr = np.full((len(idx), width), PAD, np.int32)
+        width = -(-(max(len(rows[i]) for i in idx) + 1) // CHUNK) * CHUNK
+        arr = np.full((group, width), PAD, np.int32)
         for k, i in enumerate(idx):
             arr[k, : len(rows[i])] = rows[i]
             arr[k, len(rows[i])] = EOS
-        ok = np.asarray(_teacher_force(tables, jnp.asarray(arr))).all(axis=1)
-        blocked += [int(i) for i in idx[~ok]]
+        state, ok = grammar_tables.initial_states(group), []
+        for c in range(0, width, CHUNK):
+            state, ok_c = _teacher_force(tables, state, jnp.asarray(arr[:, c : c + CHUNK]))
+            ok.append(np.asarray(ok_c))
+        ok_rows = np.concatenate(ok, axis=1).all(axis=1)[: len(idx)]
+        blocked += [int(i) for i in idx[~ok_rows]]
     return sorted(blocked)
 
 
@@ -301,6 +309,8 @@ def test_chebi_smiles_are_never_blocked_demo_tokenizer(demo_tokenizer, tables):
     assert len(smiles) == 3300
     rows = [split_prompt_response(demo_tokenizer, "Caption: x\nSMILES:", s)[1] for s in smiles]
     assert [smiles[i] for i in blocked_rows(tables["demo"], rows)] == []
+    unclosed = split_prompt_response(demo_tokenizer, "Caption: x\nSMILES:", "C1CC(C")[1]
+    assert blocked_rows(tables["demo"], [rows[0], unclosed, rows[1]]) == [1]  # EOS comes too early
 
 
 @pytest.mark.slow

@@ -66,6 +66,10 @@ class Layout:
     def config(self, arm: str, seed: int | None) -> Path:
         return self.root / "configs" / f"{self.tag(arm, seed)}.yaml"
 
+    def compile_cache(self) -> Path:
+        """JAX's persistent compilation cache, shared by the stages (stages.stage_environment)."""
+        return self.root / "compile_cache"
+
     def run_dir(self, arm: str, seed: int | None) -> Path:
         return self.root / "runs" / self.tag(arm, seed)
 

@@ -30,6 +30,7 @@ from almol_jax.experiments.stages import (
     is_done,
     mark_done,
     run_stage,
+    stage_environment,
     stage_key,
     stage_times,
     training_progress,
@@ -78,6 +79,7 @@ class Runner:
             unit=unit,
             progress=progress,
             show=self.show,
+            env=stage_environment(self.layout.compile_cache()),
         )
         mark_done(directory, key, times, args)
         self._line(tag, stage, times, resumed=False)

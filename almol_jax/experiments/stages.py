@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -96,6 +97,15 @@ def files_progress(paths: Sequence[Path]) -> Callable[[], int]:
     return lambda: sum(p.is_file() for p in paths)
 
 
+def stage_environment(compile_cache: Path) -> dict[str, str]:
+    """This process's environment, with JAX's persistent compilation cache in ``compile_cache``
+    unless the user set one (JAX_COMPILATION_CACHE_DIR): stages that compile the same programs
+    (the seeds of an arm, every evaluation of one model shape) compile them once."""
+    env = dict(os.environ)
+    env.setdefault("JAX_COMPILATION_CACHE_DIR", str(compile_cache))
+    return env
+
+
 def run_stage(
     label: str,
     args: list[str],
@@ -105,9 +115,11 @@ def run_stage(
     unit: str,
     progress: Callable[[], int],
     show: bool = True,
+    env: dict[str, str] | None = None,
 ) -> dict[str, float]:
-    """Runs ``python <args>`` from the repository root; returns its wall and CPU seconds (the
-    CPU time of the child and its own children: comparable across loads, unlike the wall).
+    """Runs ``python <args>`` from the repository root (in ``env``, default this process's
+    environment); returns its wall and CPU seconds (the CPU time of the child and its own
+    children: comparable across loads, unlike the wall).
 
     A failure raises UserError naming the stage and its log, with the log's last lines.
     """
@@ -120,7 +132,9 @@ def run_stage(
     with log.open("w", encoding="utf-8") as out:
         out.write("$ " + " ".join(command) + "\n")
         out.flush()
-        child = subprocess.Popen(command, cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT)
+        child = subprocess.Popen(
+            command, cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT, env=env
+        )
         try:
             while child.poll() is None:
                 time.sleep(POLL_SECONDS)
