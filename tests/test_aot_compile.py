@@ -44,7 +44,8 @@ def test_float32_model_compiles_for_tpu_v5e_with_tpu_kernels():
     devices = list(p.mesh.devices.flat)
     assert devices[0].platform == "tpu" and jax.default_backend() == "cpu"
     assert p.config.compute_dtype == jax.numpy.float32
-    assert kernels.choose(p.config, devices) is kernels.PORTABLE["flash"]  # not the host's cpu
+    table = kernels.choose(p.config, devices)  # TPU's: not the host's cpu table
+    assert table.name == "custom_vjp" and table.attention is kernels.PORTABLE["flash"].attention
     assert runtime.compiler_options("train_step", "tpu") is None
     compiled = p.lowered("train", ROWS, ROW_LEN, LABELS).compile()
     assert "tpu_custom_call" in compiled.as_text()  # the Pallas (Mosaic) attention kernel

@@ -22,7 +22,8 @@ ops/lora_products.py). `ModelConfig.kernels` names the set:
   of RMSNorm, SwiGLU and the adapters' down-projection (pure JAX, any backend): what the
   accelerators would run with the custom VJPs on (docs/benchmarks.md, issue 16, compares them).
 - "auto" (the default): "cpu" on a one-device float32 CPU run with attention_impl "xla" (a
-  warning, once, when the C++ kernel cannot be built), "portable" elsewhere.
+  warning, once, when the C++ kernel cannot be built), "custom_vjp" on TPU, "portable"
+  elsewhere.
 
 `choose(config, devices)` resolves the names for the devices the model will run on: the mesh's
 devices (possibly compile-only TPU/GPU devices of an ahead-of-time compile on a CPU host,
@@ -30,9 +31,11 @@ bench/aot_compile.py), or this process's devices when no mesh is given. The mode
 it is built and hands the table to its modules; this is the only file of the model that asks
 which platform it runs on, and it asks the devices, never the host's default backend.
 
-Custom VJPs per backend: only the cpu table has hand-written backward passes (they paid on the
-CPU, issue 8); accelerators use the portable table, as issue 16 asks by default: the compiled
-comparison on TPU ("custom_vjp" against "portable", docs/benchmarks.md) has not been made yet.
+Custom VJPs per backend (issue 16 asked to keep them where the compiler's figures justify it):
+the CPU (they paid there, issue 8) and TPU, where the recipe's train step on v5e-8 compiles to a
+peak of 8.68 GiB per chip with them against 12.26 without (the backward passes keep their
+inputs, not autodiff's float32 intermediates; docs/benchmarks.md). Not yet on GPU (see
+docs/tpu.md for the H200 figures). Their speed on a real chip is unmeasured.
 """
 
 from __future__ import annotations
@@ -55,6 +58,8 @@ from almol_jax.tpu import flash_attention
 KERNEL_SETS = ("auto", "portable", "cpu", "custom_vjp")
 ATTENTION_IMPLS = ("auto", "xla", "cudnn", "flash")  # the portable kernels' attention
 CUDNN_DTYPES = ("bfloat16", "float16")  # cuDNN's fused attention computes in these only
+# where "auto" takes the custom_vjp table: the compiler's figures justify it (docs/tpu.md)
+CUSTOM_VJP_PLATFORMS = ("tpu",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,7 +164,7 @@ def _choose(
     impl = auto_attention(platform, dtype, head_dim) if attention_impl == "auto" else attention_impl
     if kernels == "portable":
         return _portable_for(impl, platform)
-    if kernels == "custom_vjp":
+    if kernels == "custom_vjp" or platform in CUSTOM_VJP_PLATFORMS:
         return _with_custom_vjps(_portable_for(impl, platform))
     one_device_cpu = platform == "cpu" and count == 1
     if not (one_device_cpu and dtype == "float32" and impl == "xla"):
