@@ -77,3 +77,31 @@ def _jitted_forward():
     from flax import nnx
 
     return nnx.jit(lambda model, ids, mask, **kwargs: model(ids, mask, **kwargs))
+
+
+def left_padded_prompts(lengths, vocab, seed=0, low=3):
+    """Left-padded random prompts (BOS 1 first, tokens in [low, vocab)): ids, mask int32
+    [B, max(lengths)]."""
+    rng = np.random.default_rng(seed)
+    width = max(lengths)
+    ids = np.zeros((len(lengths), width), np.int32)
+    mask = np.zeros_like(ids)
+    for i, n in enumerate(lengths):
+        ids[i, width - n :] = rng.integers(low, vocab, n)
+        ids[i, width - n] = 1
+        mask[i, width - n :] = 1
+    return ids, mask
+
+
+def hf_generate(model, ids, mask, eos, **kwargs):
+    """transformers' `generate` on left-padded prompts (pad 0, this EOS): its raw output."""
+    import torch
+
+    model.generation_config.eos_token_id = eos
+    with torch.inference_mode():
+        return model.generate(
+            input_ids=torch.tensor(ids, dtype=torch.long),
+            attention_mask=torch.tensor(mask, dtype=torch.long),
+            pad_token_id=0,
+            **kwargs,
+        )

@@ -29,39 +29,22 @@ from almol_jax.model import LlamaForCausalLM, ModelConfig
 torch = pytest.importorskip(
     "torch", reason="torch is a test-only dependency (requirements-dev.txt)"
 )
-from hf_fixtures import make_hf_llama  # noqa: E402
+from hf_fixtures import hf_generate, left_padded_prompts, make_hf_llama  # noqa: E402
 
 RDLogger.DisableLog("rdApp.*")
 VOCAB, WIDTH = 96, 3
 
 
 def _prompts(lengths=(7, 12, 3, 10), vocab=VOCAB, seed=0):
-    """Left-padded prompts (BOS 1 first): ids, mask int32 [B, max(lengths)]."""
-    rng = np.random.default_rng(seed)
-    ids = np.zeros((len(lengths), max(lengths)), np.int32)
-    mask = np.zeros_like(ids)
-    for i, n in enumerate(lengths):
-        ids[i, -n:] = rng.integers(4, vocab, n)
-        ids[i, -n] = 1
-        mask[i, -n:] = 1
-    return ids, mask
+    return left_padded_prompts(lengths, vocab, seed, low=4)
 
 
 def _hf_pool(model, ids, mask, eos, **kwargs):
     """HF's returned hypotheses per row, best first: [(tokens up to EOS, score)]."""
-    model.generation_config.eos_token_id = eos
-    with torch.inference_mode():
-        out = model.generate(
-            input_ids=torch.tensor(ids, dtype=torch.long),
-            attention_mask=torch.tensor(mask, dtype=torch.long),
-            pad_token_id=0,
-            do_sample=False,
-            num_beams=WIDTH,
-            num_return_sequences=WIDTH,
-            output_scores=True,
-            return_dict_in_generate=True,
-            **kwargs,
-        )
+    out = hf_generate(
+        model, ids, mask, eos, do_sample=False, num_beams=WIDTH, num_return_sequences=WIDTH,
+        output_scores=True, return_dict_in_generate=True, **kwargs,
+    )  # fmt: skip
     seqs = out.sequences[:, ids.shape[1] :].numpy()
     scores = out.sequences_scores.numpy()
     rows = []

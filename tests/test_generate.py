@@ -18,6 +18,7 @@ torch = pytest.importorskip(
 
 import jax.numpy as jnp  # noqa: E402
 from flax import nnx  # noqa: E402
+from hf_fixtures import hf_generate, left_padded_prompts  # noqa: E402
 
 from almol_jax import load_model  # noqa: E402
 from almol_jax.generation import (  # noqa: E402
@@ -62,29 +63,12 @@ def _hf_model(tmp_path, seed=0):
 
 
 def _prompts(lengths=PROMPT_LENGTHS, seed=0):
-    """Left-padded prompts of different lengths: ids, mask int32 [B, max(lengths)]."""
-    rng = np.random.default_rng(seed)
-    width = max(lengths)
-    ids = np.zeros((len(lengths), width), np.int32)
-    mask = np.zeros((len(lengths), width), np.int32)
-    for i, n in enumerate(lengths):
-        ids[i, width - n :] = rng.integers(3, VOCAB, n)
-        ids[i, width - n] = 1
-        mask[i, width - n :] = 1
-    return ids, mask
+    return left_padded_prompts(lengths, VOCAB, seed)
 
 
 def _hf_generate(model, ids, mask, eos, **kwargs):
     """HF's generated tokens [B, N] (after the prompt), pad 0 after each row's EOS."""
-    model.generation_config.eos_token_id = eos
-    with torch.inference_mode():
-        out = model.generate(
-            input_ids=torch.tensor(ids, dtype=torch.long),
-            attention_mask=torch.tensor(mask, dtype=torch.long),
-            pad_token_id=0,
-            **kwargs,
-        )
-    return out[:, ids.shape[1] :].numpy()
+    return hf_generate(model, ids, mask, eos, **kwargs)[:, ids.shape[1] :].numpy()
 
 
 def _rows(tokens, lengths):
