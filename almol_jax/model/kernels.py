@@ -19,8 +19,7 @@ ops/lora_products.py). `ModelConfig.kernels` names the set:
   they pay, hand-written backward passes for RMSNorm, SwiGLU and the adapters' down-projection.
   Float32 compute on the CPU backend only; asking for it elsewhere is an error.
 - "custom_vjp": the portable table's attention with the CPU wing's hand-written backward passes
-  of RMSNorm, SwiGLU and the adapters' down-projection (pure JAX, any backend): what the
-  accelerators would run with the custom VJPs on (docs/benchmarks.md, issue 16, compares them).
+  of RMSNorm, SwiGLU and the adapters' down-projection (pure JAX, any backend): what TPUs run.
 - "auto" (the default): "cpu" on a one-device float32 CPU run with attention_impl "xla" (a
   warning, once, when the C++ kernel cannot be built), "custom_vjp" on TPU, "portable"
   elsewhere.
@@ -33,8 +32,9 @@ which platform it runs on, and it asks the devices, never the host's default bac
 
 Custom VJPs per backend (issue 16 asked to keep them where the compiler's figures justify it):
 the CPU (they paid there, issue 8) and TPU, where the recipe's train step on v5e-8 compiles to a
-peak of 8.68 GiB per chip with them against 12.26 without (the backward passes keep their
-inputs, not autodiff's float32 intermediates; docs/benchmarks.md). Not on GPU: on 8 x H200
+peak of 8.68 GiB per chip with them against 12.26 without (docs/benchmarks.md; most likely
+because the hand-written passes keep only their inputs where autodiff keeps float32
+intermediates, not confirmed from a buffer dump). Not on GPU: on 8 x H200
 they compile to the same 6.82 GiB per GPU as portable. Their speed on a real chip is unmeasured.
 """
 
