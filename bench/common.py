@@ -70,6 +70,8 @@ class BenchShape:
 SHAPES: dict[str, BenchShape] = {
     # The reference shape of issue 8 (TRL CPOTrainer measured at ~0.49 s/step here).
     "cpo-small": BenchShape("cpo-small", 2048, 256, 688, 4, 4, 4, 8, 128, 64, 64),
+    # The almol-mini experiment's LoRA arms (configs/experiments/almol_mini.yaml): r 16 / alpha 16.
+    "almol-mini": BenchShape("almol-mini", 1024, 128, 344, 4, 4, 4, 16, 48, 64, 64, 16, 16.0),
     # The peak-fraction target shape: d 512, 8 layers.
     "cpo-d512": BenchShape("cpo-d512", 2048, 512, 1376, 8, 8, 8, 8, 128, 64, 64),
     # A LLaMA-sized vocabulary with long sequences: exercises response-only, vocab-chunked logits.

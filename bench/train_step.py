@@ -199,8 +199,12 @@ class OursSystem:
 
     name = "ours"
 
-    def __init__(self, shape: BenchShape, seed: int, layout: str, num_batches: int = 8):
+    def __init__(
+        self, shape: BenchShape, seed: int, layout: str, num_batches: int = 8, options=None
+    ):
+        """`options`: the step's XLA compiler options; None = cpu/runtime's "train_step" ones."""
         self.shape, self.seed, self.layout, self.num_batches = shape, seed, layout, num_batches
+        self.options = options
 
     def setup(self) -> dict:
         import jax
@@ -246,7 +250,9 @@ class OursSystem:
             train_step,
             static_argnames=("graphdef", "settings"),
             donate_argnames=("state",),
-            compiler_options=runtime.compiler_options("train_step"),
+            compiler_options=(
+                runtime.compiler_options("train_step") if self.options is None else self.options
+            ),
         )
         triplets = random_triplets(s, s.pairs * self.num_batches, self.seed)
         self.batches = []

@@ -46,7 +46,7 @@ def test_float32_model_compiles_for_tpu_v5e_with_tpu_kernels():
     assert p.config.compute_dtype == jax.numpy.float32
     table = kernels.choose(p.config, devices)  # TPU's: not the host's cpu table
     assert table.name == "custom_vjp" and table.attention is kernels.PORTABLE["flash"].attention
-    assert runtime.compiler_options("train_step", "tpu") is None
+    assert runtime.compiler_options("decode", "tpu") is None  # no XLA:CPU option for TPU
     compiled = p.lowered("train", ROWS, ROW_LEN, LABELS).compile()
     assert "tpu_custom_call" in compiled.as_text()  # the Pallas (Mosaic) attention kernel
     _check_inputs(p, compiled, ROWS)

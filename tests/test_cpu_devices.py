@@ -43,7 +43,7 @@ def test_runtime_door_configures_settles_and_names_program_options():
     section = load_config(None, ["runtime.host_allocator=system"]).runtime
     runtime.configure(section, training=True)  # system: malloc left alone; one device: no change
     runtime.settle(section)
-    assert runtime.compiler_options("train_step") == {"xla_cpu_use_fusion_emitters": False}
+    assert runtime.compiler_options("train_step") is None  # none since 2026-12-05 (compile time)
     assert runtime.compiler_options("decode") == {"xla_cpu_experimental_ynn_fusion_type": ""}
     with pytest.raises(ValueError, match="program='bogus'"):
         runtime.compiler_options("bogus")

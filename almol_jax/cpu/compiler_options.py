@@ -7,11 +7,11 @@ the program compiles without (probed once per option set). Only the CPU backend 
 
 Programs by name (`PROGRAMS`; cpu/runtime.compiler_options is the door):
 
-- "train_step" (train/step.py's train and eval steps, the bench's step): XLA's loop emitters
-  instead of its newer fusion emitters. The step's elementwise fusions (SwiGLU's and RMSNorm's
-  backward, rotary, the LoRA sums) ran ~5% faster that way: cpo-small 0.163 -> 0.155 s/step
-  with two threads, 0.280 -> 0.257 s on one core; cpo-d512 unchanged (issue 8,
-  docs/benchmarks.md).
+- "train_step" (train/step.py's train and eval steps, the bench's step): none. XLA's loop
+  emitters (`xla_cpu_use_fusion_emitters: false`) were used from issue 8 (cpo-small 0.163 ->
+  0.155 s/step then), but they made the LoRA step's compile 4.4x slower (almol-mini shape: 41
+  vs 9.4 s; cpo-small 17 vs 9.3 s) for no step-time gain measured on 2026-12-05 (1.05-1.08x
+  slower, under load): `python bench/compile_options.py` (docs/benchmarks.md).
 - "decode" (generation/decode.py): YNNPACK fusions off. The decode loop's one-row-per-prompt
   products and small reductions ran ~7-10% faster through XLA's own kernels, whereas the
   training step's large products are faster with YNNPACK.
@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 
 PROGRAMS = {
-    "train_step": {"xla_cpu_use_fusion_emitters": False},
+    "train_step": {},
     "decode": {"xla_cpu_experimental_ynn_fusion_type": ""},
 }
 
@@ -55,6 +55,8 @@ def for_program(program: str, platform: str | None = None) -> dict | None:
     if program not in PROGRAMS:
         raise ValueError(f"program={program!r} not in {sorted(PROGRAMS)}")
     options = PROGRAMS[program]
+    if not options:
+        return None
     platform = jax.default_backend() if platform is None else platform
     if platform == "cpu" and supported(options):
         return dict(options)
