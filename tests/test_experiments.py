@@ -65,6 +65,43 @@ def test_arm_configs_are_train_configs_with_the_papers_roles(tmp_path):
         assert getattr(cpo, section) == getattr(sft, section), section
 
 
+WRITE_RUN = (
+    "import pathlib, sys; d = pathlib.Path(sys.argv[1]); d.mkdir(parents=True, exist_ok=True); "
+    "(d / 'checkpoint').write_text(sys.argv[2])"
+)  # a stand-in stage: writes its "checkpoint" into the run directory
+
+
+def test_a_finished_stage_whose_inputs_changed_starts_afresh_and_keeps_the_old_run(
+    tmp_path, capsys
+):
+    """A stage that finished with other inputs (an arm's config edited) must not resume from
+    that run's checkpoints: its directory is moved to <name>.previous-<k>, nothing is deleted.
+    A stage that never finished (no marker: interrupted) stays in place to be resumed."""
+    from almol_jax.experiments.runner import Runner
+
+    data = DataFiles("train_pairs.jsonl", ("validation.jsonl",), ("test_pairs.jsonl",), "tok")
+    runner = Runner(load_experiment(quick=True), Layout(tmp_path), data, show=False)
+    run_dir = tmp_path / "runs" / "weak"
+
+    def stage(content: str) -> None:
+        args = ["-c", WRITE_RUN, str(run_dir), content]
+        runner._stage("weak", "train", run_dir, [], args, 1, "step", lambda: 0, fresh=True)
+
+    stage("A")
+    stage("A")  # finished with the same inputs: skipped, nothing moved
+    assert runner.resumed == ["weak/train"] and not list(tmp_path.glob("runs/weak.previous-*"))
+    stage("B")
+    assert (tmp_path / "runs" / "weak.previous-1" / "checkpoint").read_text() == "A"
+    assert (run_dir / "checkpoint").read_text() == "B"
+    assert "weak.previous-1" in capsys.readouterr().out  # said, even without progress lines
+    stage("C")
+    assert (tmp_path / "runs" / "weak.previous-2" / "checkpoint").read_text() == "B"
+    (run_dir / ".experiment_stage.json").unlink()  # an interrupted stage: resumed in place
+    stage("D")
+    assert (run_dir / "checkpoint").read_text() == "D"
+    assert not (tmp_path / "runs" / "weak.previous-3").exists()
+
+
 def test_bad_experiment_config_is_one_error_line(tmp_path):
     bad = tmp_path / "exp.yaml"
     bad.write_text("seeds: 2\narms: {sft_full: {}}\ndata: {builtin: rdkit_nci}\n")

@@ -30,6 +30,7 @@ from almol_jax.experiments.stages import (
     is_done,
     mark_done,
     run_stage,
+    set_aside_if_stale,
     stage_environment,
     stage_key,
     stage_times,
@@ -66,8 +67,13 @@ class Runner:
             n, total = self.done_stages, self.total_stages
             print(f"[{n:>2}/{total}] {tag:<18} {stage:<12} {how}", flush=True)
 
-    def _stage(self, tag, stage, directory, parts, args, total, unit, progress) -> None:
+    def _stage(self, tag, stage, directory, parts, args, total, unit, progress, fresh=False):
+        """Runs one stage unless finished with the same inputs. ``fresh``: a directory finished
+        with other inputs is set aside first (a training run must not resume from them)."""
         key = stage_key(list(parts), args)
+        moved = set_aside_if_stale(directory, key) if fresh else None
+        if moved is not None:  # printed even without progress lines: a run was moved
+            print(f"{tag} {stage}: its inputs changed; the previous run moved to {moved}")
         if is_done(directory, key):
             self._line(tag, stage, stage_times(directory), resumed=True)
             return
@@ -90,7 +96,7 @@ class Runner:
         args = ["train.py", "--config", str(config)]
         self._stage(
             self.layout.tag(arm, seed), "train", run_dir, [config, *inputs], args,
-            steps, "step", training_progress(run_dir),
+            steps, "step", training_progress(run_dir), fresh=True,
         )  # fmt: skip
 
     def evaluate(self, tag: str, stage: str, config: Path, run_dir: Path, out: Path) -> None:
@@ -100,7 +106,7 @@ class Runner:
         marker = run_dir / ".experiment_stage.json"
         self._stage(
             tag, stage, out, [config, marker], args, len(reports), "direction",
-            files_progress(reports),
+            files_progress(reports), fresh=True,
         )  # fmt: skip
 
     def arm(self, arm: str, seed: int | None, inputs: list[Path]) -> None:

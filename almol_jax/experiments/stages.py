@@ -54,6 +54,21 @@ def is_done(directory: Path, key: str) -> bool:
         return False
 
 
+def set_aside_if_stale(directory: Path, key: str) -> Path | None:
+    """Moves ``directory`` to ``<name>.previous-<k>`` (k the first free number) when it holds a
+    stage that FINISHED with other inputs (its marker's key differs), so the stage starts afresh
+    instead of resuming another configuration's checkpoints; returns where it went (None: kept).
+    An unfinished stage (no marker) stays, to be resumed."""
+    marker = directory / MARKER
+    if not marker.is_file() or is_done(directory, key):
+        return None
+    k = 1
+    while (target := directory.with_name(f"{directory.name}.previous-{k}")).exists():
+        k += 1
+    directory.rename(target)
+    return target
+
+
 def mark_done(directory: Path, key: str, times: dict[str, float], command: list[str]) -> None:
     """Leaves the finished-stage marker in ``directory`` (``times``: wall and CPU seconds)."""
     directory.mkdir(parents=True, exist_ok=True)
