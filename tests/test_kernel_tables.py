@@ -180,3 +180,38 @@ def test_custom_vjps_in_bfloat16_are_as_accurate_as_autodiff():
     oracle_loss = float(results["oracle"][0])
     for name in ("autodiff", "custom"):
         assert abs(float(results[name][0]) - oracle_loss) < 0.02 * abs(oracle_loss) + 1e-3
+
+
+def _modules(fn) -> set[str]:
+    """The modules whose code a kernel-table entry runs (through partials and custom VJPs)."""
+    import functools
+
+    out = set()
+    while isinstance(fn, functools.partial):
+        out |= {getattr(v, "__module__", "") for v in fn.keywords.values() if callable(v)}
+        fn = fn.func
+    return out | {fn.__module__}
+
+
+def test_the_accelerator_tables_run_nothing_of_the_cpu_wing():
+    """What TPUs and GPUs run (portable, and custom_vjp on TPU) is backend-neutral code: no entry
+    of theirs comes from almol_jax/cpu/ (the wing exists to make the CPU backend fast); the cpu
+    table does (so the check can fail)."""
+    from almol_jax.model import kernels
+
+    def wing(table):
+        entries = (table.rms_norm, table.swiglu, table.attention, table.lora_project)
+        return sorted(m for fn in entries for m in _modules(fn) if m.startswith("almol_jax.cpu"))
+
+    from types import SimpleNamespace
+
+    def table(platform, dtype, name="auto"):
+        cfg = ModelConfig(**SIZES, num_key_value_heads=4, dtype=dtype, kernels=name)
+        return kernels.choose(cfg, [SimpleNamespace(platform=platform)] * 8)
+
+    tpu = table("tpu", "bfloat16")
+    assert tpu.name == "custom_vjp" and wing(tpu) == []
+    assert wing(table("tpu", "float32")) == []  # float32 on TPU: still not the CPU's merged LoRA
+    assert wing(table("gpu", "bfloat16")) == [] and wing(table("cpu", "bfloat16")) == []
+    assert wing(kernels.PORTABLE["xla"]) == []
+    assert "almol_jax.cpu.lora" in wing(kernels.CPU)

@@ -3,7 +3,7 @@
 cached_attention (plain jnp over the [B, K, S, H] cache) vs jax.nn.dot_product_attention;
 lora.project (fused adapter products, through either kernel table) vs the unfused Linear calls;
 rope_tables vs the on-device float32 computation Hugging Face uses. (The CPU wing's hand-written
-backward passes: test_cpu_kernels.py; the two kernel tables against each other:
+backward passes: test_custom_vjp.py; the two kernel tables against each other:
 test_kernel_tables.py.)
 """
 

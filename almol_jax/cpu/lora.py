@@ -4,7 +4,7 @@
 projections that share their input through merged_lora.merged_project when `mergeable` (active
 adapters without dropout, float32 compute: merging a small update into bfloat16 kernels would
 round it away, and enough rows for the merge to pay), else through ops/lora_products.separate
-with `adapter_down` as its x @ A product.
+with ops/custom_vjp.adapter_down as its x @ A product.
 """
 
 from __future__ import annotations
@@ -15,37 +15,13 @@ import jax
 import jax.numpy as jnp
 
 from almol_jax.cpu.merged_lora import merged_project
+from almol_jax.ops.custom_vjp import adapter_down
 from almol_jax.ops.lora_products import Adapters, separate
 
 # merge only when the rows outnumber the rank this many times: merging costs I*O*R multiply-adds
 # per kernel against the product's N*I*O, so a decode step (N = the batch) keeps the thin
 # products, a training step or a prefill merges
 MERGE_MIN_ROWS_PER_RANK = 8
-
-
-@jax.custom_vjp
-def adapter_down(x_NI: jax.Array, a_IR: jax.Array) -> jax.Array:
-    """x @ A for rows x [N, I] and an adapter A [I, R], with a hand-written backward.
-
-    Autodiff's dA = x^T g is a product whose [I, R] result has R (the rank) as its minor
-    dimension; XLA:CPU runs that contraction over N at ~45 GFLOP/s. dA^T = g^T x [R, I] is the
-    same numbers computed at ~130 GFLOP/s, and its [R, I] -> [I, R] transpose is small (the
-    optimization barrier keeps XLA from folding the transpose back into the product).
-    """
-    return x_NI @ a_IR
-
-
-def _adapter_down_fwd(x_NI, a_IR):
-    return x_NI @ a_IR, (x_NI, a_IR)
-
-
-def _adapter_down_bwd(residuals, g_NR):
-    x_NI, a_IR = residuals
-    da_RI = jax.lax.dot_general(g_NR, x_NI, (((0,), (0,)), ((), ())))
-    return g_NR @ a_IR.T, jax.lax.optimization_barrier(da_RI).T
-
-
-adapter_down.defvjp(_adapter_down_fwd, _adapter_down_bwd)
 
 
 def mergeable(x_BTI: jax.Array, kernels, adapters: Adapters | None) -> bool:

@@ -10,7 +10,7 @@ and a thin [N, R] @ [R, I] in the backward, each writing a full [N, O] or [N, I]
 add then reads again; on the CPU those thin products run at a third of the matmul peak (issue 8).
 
 The adapter gradients are the exact formulas: dB_i = s_i (x A_i)^T dY_i and
-dA_i^T = s_i (dY_i B_i^T)^T x (the fast transposed form of cpu/lora.adapter_down). The merged
+dA_i^T = s_i (dY_i B_i^T)^T x (the fast transposed form of ops/custom_vjp.adapter_down). The merged
 kernels are recomputed in the backward pass rather than saved (a transient copy of one
 kernel, never a per-layer residual). Results equal the separate path up to float32 rounding.
 

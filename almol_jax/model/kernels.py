@@ -18,8 +18,9 @@ ops/lora_products.py). `ModelConfig.kernels` names the set:
   backward attention where the kernel could not be built), LoRA through merged kernels where
   they pay, hand-written backward passes for RMSNorm, SwiGLU and the adapters' down-projection.
   Float32 compute on the CPU backend only; asking for it elsewhere is an error.
-- "custom_vjp": the portable table's attention with the CPU wing's hand-written backward passes
-  of RMSNorm, SwiGLU and the adapters' down-projection (pure JAX, any backend): what TPUs run.
+- "custom_vjp": the portable table's attention and LoRA products with the hand-written backward
+  passes of RMSNorm, SwiGLU and the adapters' down-projection (ops/custom_vjp.py, pure JAX, any
+  backend; the "cpu" table uses them too): what TPUs run. Nothing of the CPU wing.
 - "auto" (the default): "cpu" on a one-device float32 CPU run with attention_impl "xla" (a
   warning, once, when the C++ kernel cannot be built), "custom_vjp" on TPU, "portable"
   elsewhere.
@@ -50,9 +51,8 @@ import jax.numpy as jnp
 
 from almol_jax.cpu import attention as cpu_attention
 from almol_jax.cpu import attention_kernel
-from almol_jax.cpu import elementwise as cpu_elementwise
 from almol_jax.cpu import lora as cpu_lora
-from almol_jax.ops import attention, elementwise, lora_products
+from almol_jax.ops import attention, custom_vjp, elementwise, lora_products
 from almol_jax.tpu import flash_attention
 
 KERNEL_SETS = ("auto", "portable", "cpu", "custom_vjp")
@@ -103,8 +103,8 @@ PORTABLE = {impl: _portable(impl) for impl in ATTENTION_IMPLS if impl != "auto"}
 FLASH_INTERPRET = _portable("flash", interpret=True)  # the Pallas kernel off the TPU (tests)
 CPU = Kernels(
     name="cpu",
-    rms_norm=cpu_elementwise.rms_norm,
-    swiglu=cpu_elementwise.swiglu,
+    rms_norm=custom_vjp.rms_norm,
+    swiglu=custom_vjp.swiglu,
     attention=_dense(cpu_attention.attention),
     lora_project=cpu_lora.project,
 )
@@ -128,9 +128,9 @@ def _with_custom_vjps(table: Kernels) -> Kernels:
     return dataclasses.replace(
         table,
         name="custom_vjp",
-        rms_norm=cpu_elementwise.rms_norm,
-        swiglu=cpu_elementwise.swiglu,
-        lora_project=cpu_lora.project,
+        rms_norm=custom_vjp.rms_norm,
+        swiglu=custom_vjp.swiglu,
+        lora_project=functools.partial(lora_products.separate, down=custom_vjp.adapter_down),
     )
 
 

@@ -2,7 +2,7 @@
 
 The values are Hugging Face's LLaMA exactly: float32 statistics for the norm, the result cast to
 the compute dtype before the weight multiplies it; SwiGLU in the compute dtype. The CPU wing's
-versions (cpu/elementwise.py) compute these forward values with hand-written backward passes.
+versions (ops/custom_vjp.py) compute these forward values with hand-written backward passes.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
-"""The CPU wing's hand-written backward passes (issue 8) against independent implementations.
+"""Hand-written backward passes (issue 8) against independent implementations.
 
 cpu/softmax_attention.py (custom backward) vs jax.nn.dot_product_attention differentiated by JAX;
-cpu/elementwise.py's rms_norm / swiglu (custom backward) vs float64 formulas and autodiff of the
-plain formulas; cpu/lora.py's adapter_down vs float64 products.
+ops/custom_vjp.py's rms_norm / swiglu (custom backward) vs float64 formulas and autodiff of the
+plain formulas; its adapter_down vs float64 products.
 """
 
 from __future__ import annotations
@@ -12,10 +12,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from almol_jax.cpu.elementwise import rms_norm, swiglu
-from almol_jax.cpu.lora import adapter_down
 from almol_jax.cpu.softmax_attention import softmax_attention
 from almol_jax.ops.attention import mask_to_bias
+from almol_jax.ops.custom_vjp import adapter_down, rms_norm, swiglu
 
 
 def _qkv(b, t, n, k, h, seed=0, dtype=jnp.float32):
