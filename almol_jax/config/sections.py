@@ -52,7 +52,7 @@ class ModelSection:
         " cpu = the CPU wing (threaded C++ attention built on first use, merged LoRA,"
         " hand-written backward passes; float32 on the CPU backend only); auto = cpu on a"
         " one-device float32 CPU run (XLA's attention if the C++ kernel cannot be built),"
-        " custom_vjp on TPU, else portable; custom_vjp = portable with the CPU wing's"
+        " custom_vjp on TPU, else portable; custom_vjp = portable with ops/custom_vjp.py's"
         " hand-written backward passes (any backend; measured on TPU in docs/benchmarks.md).",
     )
     attention_impl: Literal[ATTENTION_IMPLS] = _f(
