@@ -200,7 +200,7 @@ RESCORED = (
 
 @pytest.mark.slow
 def test_quick_experiment_end_to_end_and_resume(tmp_path, shared_data):
-    # 6-7 minutes on this loaded 2-core machine, about 5 on a quiet one (docs/experiments.md);
+    # about 4-5 minutes on this 2-core machine with two stages at a time (docs/experiments.md);
     # the limit leaves room for a slower one
     out = tmp_path / "exp"
     cmd = _readme_quick_command(out)

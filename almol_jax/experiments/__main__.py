@@ -1,5 +1,5 @@
 """``python -m almol_jax.experiments almol-mini [--quick] [--seeds N] [--config EXP.yaml]
---output-dir DIR``: the ALMol comparison (docs/experiments.md).
+[--jobs auto|N] --output-dir DIR``: the ALMol comparison (docs/experiments.md).
 
 Runs (or resumes) every arm of the experiment in DIR and writes DIR/report.json, DIR/report.md
 and DIR/plots/. A user's mistake ends with one ``error: ...`` line and exit status 2
@@ -37,6 +37,11 @@ def run(argv: list[str]) -> int:
     parser.add_argument(
         "--seeds", type=int, default=None, help="seeds of the 10%% arms (default 3)"
     )
+    parser.add_argument(
+        "--jobs",
+        default="auto",
+        help="stages run at once (default auto: 2 when JAX runs on the CPU, 1 on an accelerator)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no bars or stage lines")
     parser.add_argument("--debug", action="store_true", help="show the traceback of a user error")
     args = parser.parse_args(argv)
@@ -49,7 +54,7 @@ def run(argv: list[str]) -> int:
     # SIGTERM as Ctrl-C: the running stage's child gets SIGTERM (train.py saves a checkpoint)
     signal.signal(signal.SIGTERM, _interrupt)
     try:
-        report = run_experiment(exp, args.output_dir, show=not args.no_progress)
+        report = run_experiment(exp, args.output_dir, show=not args.no_progress, jobs=args.jobs)
     except KeyboardInterrupt:
         print("interrupted: run the same command again to resume", file=sys.stderr)
         return 130

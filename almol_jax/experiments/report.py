@@ -146,6 +146,7 @@ def write_report(
     resumed: list[str],
     wall_seconds: float,
     *,
+    jobs: int = 1,
     show: bool = True,
 ) -> dict[str, Any]:
     """Writes report.json, report.md and the plots into the experiment directory."""
@@ -179,6 +180,7 @@ def write_report(
         "stages": timings,
         "resumed": resumed,
         "wall_seconds": wall_seconds,
+        "jobs": jobs,
         "stages_wall_seconds": sum(t["wall"] for t in stages),
         "stages_cpu_seconds": sum(t["cpu"] for t in stages),
     }

@@ -16,6 +16,7 @@ import os
 import resource
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -23,11 +24,13 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from almol_jax.errors import UserError
+from almol_jax.experiments.schedule import Cancelled
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MARKER = ".experiment_stage.json"
 POLL_SECONDS = 1.0
 LOG_TAIL_LINES = 25
+CPU_JOBS = 2  # stages at once when they run on the CPU (stage_jobs)
 
 
 def stage_key(inputs: Sequence[Path], args: Sequence[str]) -> str:
@@ -84,11 +87,6 @@ def stage_times(directory: Path) -> dict[str, float]:
     return {"wall": float(wall), "cpu": float(record.get("cpu", 0.0))}
 
 
-def _children_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
 def training_progress(run_dir: Path) -> Callable[[], int]:
     """The last logged training step of ``run_dir`` (0 before the first)."""
     path = run_dir / "metrics.jsonl"
@@ -112,13 +110,41 @@ def files_progress(paths: Sequence[Path]) -> Callable[[], int]:
     return lambda: sum(p.is_file() for p in paths)
 
 
-def stage_environment(compile_cache: Path) -> dict[str, str]:
+def stage_environment(compile_cache: Path, jobs: int = 1) -> dict[str, str]:
     """This process's environment, with JAX's persistent compilation cache in ``compile_cache``
     unless the user set one (JAX_COMPILATION_CACHE_DIR): stages that compile the same programs
-    (the seeds of an arm, every evaluation of one model shape) compile them once."""
+    (the seeds of an arm, every evaluation of one model shape) compile them once. With more than
+    one stage at a time, a GPU is not preallocated by each (XLA_PYTHON_CLIENT_PREALLOCATE=false
+    unless set)."""
     env = dict(os.environ)
     env.setdefault("JAX_COMPILATION_CACHE_DIR", str(compile_cache))
+    if jobs > 1:
+        env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     return env
+
+
+def stage_jobs(requested: str, env: dict[str, str]) -> int:
+    """How many stages run at once. ``auto``: 2 when the stages' JAX runs on the CPU (one
+    stage's start-up, data loading and host-side scoring leave cores idle that another stage's
+    compute can use), 1 on an accelerator (a stage holds every device). The backend is asked in
+    a child process, so this one never holds a device."""
+    if requested != "auto":
+        try:
+            jobs = int(requested)
+        except ValueError:
+            jobs = 0
+        if jobs < 1:
+            raise UserError(f"--jobs must be auto or a whole number >= 1, got {requested!r}")
+        return jobs
+    if env.get("JAX_PLATFORMS", "").strip().lower() == "cpu":
+        return CPU_JOBS
+    probe = [sys.executable, "-c", "import jax; print(jax.default_backend())"]
+    try:
+        out = subprocess.run(probe, env=env, capture_output=True, text=True, timeout=600)
+    except subprocess.TimeoutExpired:
+        return 1
+    backend = out.stdout.strip().splitlines()[-1:] if out.returncode == 0 else []
+    return CPU_JOBS if backend == ["cpu"] else 1
 
 
 def run_stage(
@@ -131,19 +157,24 @@ def run_stage(
     progress: Callable[[], int],
     show: bool = True,
     env: dict[str, str] | None = None,
+    position: int = 0,
+    stop: threading.Event | None = None,
 ) -> dict[str, float]:
     """Runs ``python <args>`` from the repository root (in ``env``, default this process's
     environment); returns its wall and CPU seconds (the CPU time of the child and its own
-    children: comparable across loads, unlike the wall).
+    children, from its own exit status: comparable across loads, unlike the wall, and apart
+    from any stage running beside it). Its bar is drawn on line ``position``; when ``stop`` is
+    set the child gets SIGTERM (train.py saves a checkpoint and exits) and Cancelled is raised.
 
     A failure raises UserError naming the stage and its log, with the log's last lines.
     """
     command = [sys.executable, *args]
     log.parent.mkdir(parents=True, exist_ok=True)
-    start, cpu = time.perf_counter(), _children_cpu()
+    start = time.perf_counter()
     bar = tqdm(
-        total=total, desc=label, unit=unit, dynamic_ncols=True, disable=not show, leave=False
-    )
+        total=total, desc=label, unit=unit, dynamic_ncols=True, disable=not show, leave=False,
+        position=position,
+    )  # fmt: skip
     with log.open("w", encoding="utf-8") as out:
         out.write("$ " + " ".join(command) + "\n")
         out.flush()
@@ -151,21 +182,40 @@ def run_stage(
             command, cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT, env=env
         )
         try:
-            while child.poll() is None:
-                time.sleep(POLL_SECONDS)
-                bar.n = min(progress(), total)
-                bar.refresh()
+            status, usage = _wait(child, lambda: _move(bar, min(progress(), total)), stop)
         except BaseException:
-            child.terminate()  # SIGTERM: train.py saves a checkpoint and exits 0
+            child.terminate()
             child.wait()
             raise
         finally:
             bar.close()
-    times = {"wall": time.perf_counter() - start, "cpu": _children_cpu() - cpu}
-    if child.returncode != 0:
+    times = {"wall": time.perf_counter() - start, "cpu": usage.ru_utime + usage.ru_stime}
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0:
         tail = log.read_text(encoding="utf-8", errors="replace").splitlines()[-LOG_TAIL_LINES:]
         raise UserError(
-            f"{label} failed (exit status {child.returncode}); its log is {log}:\n"
-            + "\n".join(tail)
+            f"{label} failed (exit status {code}); its log is {log}:\n" + "\n".join(tail)
         )
     return times
+
+
+def _wait(
+    child: subprocess.Popen, tick: Callable[[], None], stop: threading.Event | None
+) -> tuple[int, resource.struct_rusage]:
+    """Polls ``child`` until it exits: its wait status and resource usage. Calls ``tick`` (the
+    bar) each poll; raises Cancelled when ``stop`` is set (the caller terminates the child)."""
+    while True:
+        pid, status, usage = os.wait4(child.pid, os.WNOHANG)
+        if pid == child.pid:
+            child.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
+            return status, usage
+        if stop is None:
+            time.sleep(POLL_SECONDS)
+        elif stop.wait(POLL_SECONDS):
+            raise Cancelled(f"stopped: {child.args}")
+        tick()
+
+
+def _move(bar: tqdm, n: int) -> None:
+    bar.n = n
+    bar.refresh()

@@ -180,7 +180,8 @@ def format_markdown(report: dict[str, Any]) -> str:
             if timings["stages_cpu_seconds"] > 0
             else ""
         )
-        + f" when they ran; this invocation {timings['wall_seconds']:.0f} s"
+        + f" when they ran (summed; up to {timings.get('jobs', 1)} at once);"
+        + f" this invocation {timings['wall_seconds']:.0f} s"
         + (f" ({len(timings['resumed'])} stages already done)" if timings["resumed"] else "")
         + ".",
         "",
