@@ -19,7 +19,9 @@ logical-axis rules, micro-batch and longest length bucket:
   generation.max_new_tokens).
 
 Per program it prints the compiler's per-device memory (arguments, outputs, temporaries; peak =
-arguments + outputs - aliased + temporaries), compile seconds and, for the train step, the
+arguments + outputs - aliased + temporaries), compile seconds, the custom calls the compiled
+program keeps (which kernels survived: cuDNN's fused attention, a Pallas kernel) and, for the
+train step, the
 analytical model FLOPs (bench/common.train_step_flops: TPU cost analysis counts a scanned loop
 once) with the step-time and tokens/s bounds at 40% and 50% of the chips' bf16 peak. A program
 fits when it compiles (a TPU compile fails with RESOURCE_EXHAUSTED when it does not) and its peak
@@ -39,8 +41,10 @@ import importlib.util
 import json
 import math
 import os
+import re
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -219,6 +223,7 @@ def compile_program(programs: Programs, program: str, rows, row_len, label_len) 
         message = str(err).splitlines()[0][:300]
         return {"program": program, "compiled": False, "error": message, "detail": str(err)}
     seconds = time.perf_counter() - start
+    calls = custom_calls(compiled.as_text())
     m = compiled.memory_analysis()
     peak = (
         m.argument_size_in_bytes
@@ -235,7 +240,15 @@ def compile_program(programs: Programs, program: str, rows, row_len, label_len) 
         "alias_gib": m.alias_size_in_bytes / GIB,
         "temps_gib": m.temp_size_in_bytes / GIB,
         "peak_gib": peak / GIB,
+        "custom_calls": calls,
     }
+
+
+def custom_calls(hlo: str) -> dict[str, int]:
+    """How many custom calls of each target the compiled program holds: which kernels the
+    compiler kept (``__cudnn$fmha...``: cuDNN's fused attention; ``tpu_custom_call``: a Pallas
+    (Mosaic) kernel such as the flash attention), counted from its own HLO text."""
+    return dict(sorted(Counter(re.findall(r'custom_call_target="([^"]+)"', hlo)).items()))
 
 
 def bench_shape(config, pairs: int, row_len: int, label_len: int, lora) -> BenchShape:
@@ -310,6 +323,7 @@ def _row(r: dict) -> str:
         f"{r['program']:>8}: args {r['arguments_gib']:.2f} + outputs {r['outputs_gib']:.2f} "
         f"- aliased {r['alias_gib']:.2f} + temps {r['temps_gib']:.2f} = peak "
         f"{r['peak_gib']:.2f} GiB/device  ({r['compile_s']:.0f} s to compile)"
+        + "".join(f"\n          custom call {k} x {n}" for k, n in r["custom_calls"].items())
     )
 
 
