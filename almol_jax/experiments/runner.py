@@ -15,7 +15,6 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 
 import yaml
@@ -116,9 +115,11 @@ class Runner:
     def _add(self, tag, stage, directory, parts, args, total, unit, progress, needs, fresh=False):
         """Adds the stage to the graph; returns its task name (what later stages need)."""
         name = f"{tag}/{stage}"
-        run = partial(self._stage, tag, stage, directory, parts, args, total, unit, progress,
-                      fresh=fresh)  # fmt: skip
-        self.tasks.append(Task(name, lambda slot: run(slot=slot), tuple(needs)))
+
+        def run(slot: Slot) -> None:
+            self._stage(tag, stage, directory, parts, args, total, unit, progress, fresh, slot)
+
+        self.tasks.append(Task(name, run, tuple(needs)))
         return name
 
     def train(self, arm: str, seed: int | None, config: Path, inputs: list[Path], needs) -> str:

@@ -182,7 +182,7 @@ def run_stage(
             command, cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT, env=env
         )
         try:
-            status, usage = _wait(child, lambda: _move(bar, min(progress(), total)), stop)
+            usage = _wait(child, lambda: _move(bar, min(progress(), total)), stop)
         except BaseException:
             child.terminate()
             child.wait()
@@ -190,7 +190,7 @@ def run_stage(
         finally:
             bar.close()
     times = {"wall": time.perf_counter() - start, "cpu": usage.ru_utime + usage.ru_stime}
-    code = os.waitstatus_to_exitcode(status)
+    code = child.returncode
     if code != 0:
         tail = log.read_text(encoding="utf-8", errors="replace").splitlines()[-LOG_TAIL_LINES:]
         raise UserError(
@@ -201,14 +201,15 @@ def run_stage(
 
 def _wait(
     child: subprocess.Popen, tick: Callable[[], None], stop: threading.Event | None
-) -> tuple[int, resource.struct_rusage]:
-    """Polls ``child`` until it exits: its wait status and resource usage. Calls ``tick`` (the
-    bar) each poll; raises Cancelled when ``stop`` is set (the caller terminates the child)."""
+) -> resource.struct_rusage:
+    """Polls ``child`` until it exits (reaped here: its returncode is set, its own resource
+    usage returned). Calls ``tick`` (the bar) each poll; raises Cancelled when ``stop`` is set
+    (the caller terminates the child)."""
     while True:
         pid, status, usage = os.wait4(child.pid, os.WNOHANG)
         if pid == child.pid:
-            child.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
-            return status, usage
+            child.returncode = os.waitstatus_to_exitcode(status)
+            return usage
         if stop is None:
             time.sleep(POLL_SECONDS)
         elif stop.wait(POLL_SECONDS):
