@@ -1,16 +1,21 @@
 """Ahead-of-time compiles of the run's programs for TPU and GPU targets on this CPU host
 (bench/aot_compile.py): a float32 model for v5e:2x4 (kernels chosen for the TPU, the Pallas flash
 attention inside; no XLA:CPU option), an 8 x H200 compile with the configured shardings, the
-FSDP decode step gathering one layer at a time, and an oversized batch reported as not fitting
-on TPU (the compiler's RESOURCE_EXHAUSTED, exit 3)."""
+FSDP decode step gathering one layer at a time, an oversized batch reported as not fitting
+on TPU (the compiler's RESOURCE_EXHAUSTED, exit 3), and the --max-batch search."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
+
 import jax
+import pytest
 
 from almol_jax.cpu import runtime
 from almol_jax.model import kernels
 from bench import aot_compile
+from bench.batch_search import need_gib
 from tests.aot_fixtures import SMALL_BF16, programs
 
 ROWS, ROW_LEN, LABELS = 8, 192, 128
@@ -88,16 +93,21 @@ def test_fsdp_decode_gathers_layer_by_layer_not_the_whole_model(monkeypatch):
     assert ungated >= 0.8 * c.num_hidden_layers * layer, (ungated, layer)
 
 
-def test_oversized_batch_is_reported_not_fitting_on_tpu(capsys):
+def test_oversized_batch_is_reported_not_fitting_on_tpu(capsys, tmp_path):
     overrides = [*SMALL_BF16, "model.overrides.num_hidden_layers=4", "model.remat=none"]
     overrides += ["mesh.data=1", "mesh.fsdp=-1", "train.micro_batch_size=4096"]
     args = ["--config", "configs/tiny.yaml", "--target", "v5e-8", "--programs", "train"]
-    code = aot_compile.main([*args, "--row-len", "1024", *overrides, "train.grad_accum=1"])
+    out = tmp_path / "aot.json"
+    args += ["--json", str(out), "--row-len", "1024"]
+    code = aot_compile.main([*args, *overrides, "train.grad_accum=1"])
     lines = capsys.readouterr().out.strip().splitlines()
     assert code == 3
     assert lines[-1].startswith("aot target=v5e-8 fits=false peak_gib=")
     assert lines[-1].endswith("hbm_gib=15.75")
     assert any("RESOURCE_EXHAUSTED" in line for line in lines), lines
+    # the --max-batch search reads what the compiler's message says the step needed
+    (result,) = json.loads(out.read_text())["programs"]
+    assert need_gib(result, 0.0) > 15.75, result["detail"][:300]
 
 
 def test_gpu_check_serialized_executable_path(tmp_path):
@@ -124,3 +134,26 @@ def test_gpu_check_serialized_executable_path(tmp_path):
     )
     want = jax.jit(gpu_check.aot_program)(x, w)
     np.testing.assert_allclose(loaded(x, w), want, rtol=0, atol=0)
+
+
+@pytest.mark.slow
+def test_max_batch_search_against_the_compiler(capsys, monkeypatch):
+    """--max-batch with the compiler's own figures: a small model's train step on 8 H200s
+    described with 1 GiB each (a GPU compile reports its peak and never fails on memory, so
+    the boundary is cheap to reach). The answer and the next multiple of the 8 ways, compiled
+    on their own, fit and do not; the search got there in fewer compiles than doubling and
+    bisecting (64, 128, 96, 80, 72 for this boundary)."""
+    small = dataclasses.replace(aot_compile.TARGETS["h200x8"], hbm_gib=1.0)
+    monkeypatch.setitem(aot_compile.TARGETS, "h200x8", small)
+    overrides = [*SMALL_BF16, "model.overrides.num_hidden_layers=4", "model.remat=none"]
+    overrides += ["mesh.data=1", "mesh.fsdp=-1", "train.grad_accum=1"]
+    args = ["--config", "configs/tiny.yaml", "--target", "h200x8", "--programs", "train"]
+    args += ["--row-len", "768"]
+    aot_compile.main([*args, "--max-batch", *overrides, "train.micro_batch_size=64"])
+    out = capsys.readouterr().out
+    probes = [line for line in out.splitlines() if line.startswith("  micro_batch_size=")]
+    best = int(out.split("largest micro_batch_size with 10% headroom: ")[1].split()[0])
+    assert best >= 64 and best % 8 == 0, out
+    assert len(probes) <= 4, probes
+    assert aot_compile.main([*args, *overrides, f"train.micro_batch_size={best}"]) == 0
+    assert aot_compile.main([*args, *overrides, f"train.micro_batch_size={best + 8}"]) == 3
