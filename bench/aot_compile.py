@@ -27,7 +27,8 @@ once) with the step-time and tokens/s bounds at 40% and 50% of the chips' bf16 p
 fits when it compiles (a TPU compile fails with RESOURCE_EXHAUSTED when it does not) and its peak
 leaves 10% of the device memory free. `--max-batch` finds the largest micro-batch (a multiple of
 the data-parallel ways) whose train step fits, predicting each probe from the figures compiled
-so far (bench/batch_search.py): about 4 compiles where doubling and bisecting took 8-16.
+so far (bench/batch_search.py): about 4 compiles where a step's memory is near-linear in its
+rows (doubling and bisecting took 8-16); a cliff in the memory (8 x H200) takes as many.
 
 The model shapes come from model.preset when model.source is not a local checkpoint directory
 (the recipe's source is a placeholder). The last line is

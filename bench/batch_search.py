@@ -112,19 +112,13 @@ def largest_fitting(
 
 def need_gib(result: dict, arguments_gib: float | None) -> float | None:
     """Per-device memory (GiB) a compiled train step needs, from bench/aot_compile's result: its
-    peak when it compiled; when a TPU compile ran out of memory, what the compiler's message
-    names (the whole use, or the temporaries on top of the arguments another size measured)."""
+    peak when it compiled; when a TPU compile ran out of memory, the temporaries its message
+    names ("the total memory required for HLO temporaries (45.23G) exceeds available HBM") on
+    top of the arguments another size measured (they do not grow with the rows)."""
     if result["compiled"]:
         return result["peak_gib"]
-    text = result["detail"]
-    used = re.search(r"Used ([\d.]+)([KMGT]) of [\d.]+[KMGT] hbm", text)
-    if used:
-        return _gib(*used.groups())
-    temps = re.search(r"HLO temporaries \(([\d.]+)([KMGT])\)", text)
-    if temps and arguments_gib is not None:
-        return arguments_gib + _gib(*temps.groups())
-    return None
-
-
-def _gib(number: str, unit: str) -> float:
-    return float(number) * 1024.0 ** ("KMGT".index(unit) - 2)
+    temps = re.search(r"HLO temporaries \(([\d.]+)([KMGT])\)", result["detail"])
+    if temps is None or arguments_gib is None:
+        return None
+    number, unit = temps.groups()
+    return arguments_gib + float(number) * 1024.0 ** ("KMGT".index(unit) - 2)
