@@ -90,11 +90,9 @@ def largest_fitting(
     probes: list[Probe] = []
     good, bad = 0, None
     rows = max(step, start - start % step)
-    sides: list[bool] = []
     while True:
         result = probe(rows)
         probes.append(result)
-        sides.append(result.fits)
         if result.fits:
             good = rows
         else:
@@ -106,7 +104,7 @@ def largest_fitting(
             rows = min(int(guess) // step * step, bad - step) if guess and guess >= step else 0
             rows = rows or max(step, bad // 2 // step * step)
             continue
-        stale = bad is not None and sides[-1] == sides[-2]
+        stale = bad is not None and probes[-1].fits == probes[-2].fits
         rows = _next(good, bad, predict(probes, limit_gib, fixed_gib()), step, stale)
 
 
