@@ -10,7 +10,9 @@ names the temporaries it needed), so once the limit is bracketed the line joins 
 size that fitted and the smallest that did not. The answer is always a probed size that fitted
 with the next multiple probed and not fitting: predictions only choose the probes, never the
 answer. When a probe lands on the same side as the one before it, the next probe bisects
-instead, so a curved figure (8 H200s: 44 GiB at 1,024 rows, 671 at 3,088) cannot stall it.
+instead (halves, while nothing has fitted), so a curved figure (8 H200s: 44 GiB at 1,024 rows,
+671 at 3,088) cannot stall it, nor a flat one (v5e-16 with mesh data 4: the compiler keeps
+14.4-14.8 GiB per chip from 256 rows down to 224).
 """
 
 from __future__ import annotations
@@ -99,8 +101,8 @@ def largest_fitting(
             bad = rows
         if bad is not None and bad - good <= step:
             return good, probes
-        if good == 0:  # nothing fits yet: predict from the failure, else halve
-            guess = predict(probes, limit_gib, fixed_gib())
+        if good == 0:  # nothing fits yet: predict from the first failure, then halve
+            guess = predict(probes, limit_gib, fixed_gib()) if len(probes) == 1 else None
             rows = min(int(guess) // step * step, bad - step) if guess and guess >= step else 0
             rows = rows or max(step, bad // 2 // step * step)
             continue

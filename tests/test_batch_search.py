@@ -7,7 +7,7 @@ The oracle walks every multiple of the step."""
 
 import math
 
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from bench.batch_search import GROWTH, Probe, largest_fitting, predict
@@ -96,6 +96,28 @@ def test_nothing_fits():
     best, made = _search(lambda rows: 20.0 + rows, 64, 8)
     assert best == 0
     assert made[-1].rows == 8 and not made[-1].fits
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    fits_below=st.integers(1, 300),
+    start=st.integers(1, 4096),
+    step=st.sampled_from([1, 8, 16]),
+)
+def test_memory_the_compiler_fills_is_halved_not_crawled(fits_below, start, step):
+    # a TPU compiler uses the room it has: above some size the figure stays just over the limit,
+    # growing as the rows shrink (v5e-16, mesh data 4: 256 rows 14.41 GiB, 240 14.65, 224 14.76)
+    def need(rows: int) -> float:
+        return 6.0 + rows * 0.01 if rows < fits_below else LIMIT + 0.3 + 1.0 / rows
+
+    assume(start >= fits_below)  # the search starts above the limit, as it did there
+    best, made = _search(need, start, step, fixed=1.96)
+    assert best == _oracle(need, step, 100_000)
+    _answer_is_witnessed(best, made, step)
+    # halving down to the limit and bisecting back up: about two logarithms, never a crawl of
+    # one step per compile
+    halvings = math.ceil(math.log2(max(start / step, 2)))
+    assert len(made) <= 2 * halvings + 3, [(p.rows, p.fits) for p in made]
 
 
 def test_one_point_prediction_errs_towards_fitting():
