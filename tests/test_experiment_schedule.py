@@ -115,9 +115,16 @@ def test_a_failed_stage_stops_the_running_ones_and_starts_no_other():
 def test_ctrl_c_stops_the_running_stages_and_is_raised():
     rec = Recorder()
     interrupt = Task("interrupt", lambda slot: (time.sleep(0.3), _thread.interrupt_main()))
+    # Ctrl-C as a terminal run gets it: a shell that starts the tests in the background hands
+    # them SIGINT ignored, and interrupt_main then does nothing
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     start = time.perf_counter()
-    with pytest.raises(KeyboardInterrupt):
-        run_graph([rec.task("long", seconds=60), interrupt, rec.task("next", ["long"])], jobs=2)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            tasks = [rec.task("long", seconds=60), interrupt, rec.task("next", ["long"])]
+            run_graph(tasks, jobs=2)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert time.perf_counter() - start < 10
     assert rec.events == [("start", "long"), ("end", "long")]  # stopped; "next" never began
 
