@@ -101,12 +101,7 @@ def largest_fitting(
             bad = rows
         if bad is not None and bad - good <= step:
             return good, probes
-        if good == 0:  # nothing fits yet: predict from the first failure, then halve
-            guess = predict(probes, limit_gib, fixed_gib()) if len(probes) == 1 else None
-            rows = min(int(guess) // step * step, bad - step) if guess and guess >= step else 0
-            rows = rows or max(step, bad // 2 // step * step)
-            continue
-        stale = bad is not None and probes[-1].fits == probes[-2].fits
+        stale = len(probes) > 1 and probes[-1].fits == probes[-2].fits
         rows = _next(good, bad, predict(probes, limit_gib, fixed_gib()), step, stale)
 
 
